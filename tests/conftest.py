@@ -1,0 +1,121 @@
+"""Shared, expensive fixtures: built once per test session.
+
+- `tiny_model`: a random Llama with the real SmolLM2 tokenizer and chat template, small
+  enough to train and serve in seconds (head_dim 64: vLLM's CPU attention rejects 16).
+- `make_workspace`: a temporary git + DVC copy of this repository, where tests run
+  `dvc repro` / `dvc exp run` exactly as a user would, without touching the real workspace.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Stage commands call plain `python`: make it this environment's, and find the serving
+# environment by absolute path, as the Makefile does.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+os.environ.setdefault("TICKET_SERVE_PYTHON", str(REPO / ".venv-serve" / "bin" / "python"))
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run a command, capturing output; on failure show it (pytest prints it)."""
+    env = {**os.environ, "PYTHONPATH": str(cwd), **kw.pop("env", {})}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {proc.returncode}\n"
+            f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random LlamaForCausalLM saved as a Hugging Face folder (about 2 s to build)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from stages.base_model import find_gguf
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())["base_model"]
+    gguf = find_gguf(params["source"], params["gguf_package"])
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,  # head_dim 64
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("tiny-model")
+    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def make_workspace(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Factory: a fresh git repository holding this project's files (committed or not).
+
+    `make_workspace(name, params={"a.b": 1})` copies what `git ls-files` shows (tracked and
+    untracked-but-not-ignored files), applies dotted params overrides, and commits, so that
+    `dvc exp run` has a clean baseline commit.
+    """
+
+    def make(name: str, params: dict[str, object] | None = None) -> Path:
+        dest = tmp_path_factory.mktemp(name)
+        files = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            cwd=REPO, capture_output=True, text=True, check=True,
+        ).stdout.split("\0")  # fmt: skip
+        for rel in filter(None, files):
+            src = REPO / rel
+            if src.is_file():
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest / rel)
+        if params:
+            set_params(dest / "params.yaml", params)
+        run(["git", "init", "-q", "-b", "main"], dest)
+        run(["git", "add", "-A"], dest)
+        run(
+            ["git", "-c", "user.name=test", "-c", "user.email=test@example.com",
+             "commit", "-q", "-m", "workspace"], dest,
+        )  # fmt: skip
+        return dest
+
+    return make
+
+
+def set_params(path: Path, overrides: dict[str, object]) -> None:
+    """Apply dotted-key overrides (`prepare.max_tickets`) to a params.yaml file."""
+    params = yaml.safe_load(path.read_text())
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = params
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
+
+
+def dvc(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
+    """Run DVC from the pipeline environment, as `make repro` does."""
+    return run([sys.executable, "-m", "dvc", *args], cwd, **kw)
