@@ -49,6 +49,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())["base_model"]
     gguf = find_gguf(params["source"], params["gguf_package"])
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer.eos_token = tokenizer.pad_token = "<|im_end|>"  # as the base_model stage does
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=128,

@@ -1,0 +1,504 @@
+"""Stage prepare: raw tickets -> validated, split, LlamaFactory-ready instruction records.
+
+Reads `prepare.input` (CSV, JSONL or Parquet; which column is what comes from params.yaml,
+so another export needs a params change only), checks every row, splits the *tickets* into
+train / validation / test (stratified on the first classification task, seeded) and writes
+one alpaca record per (ticket, task) to `data/prepared/`, with the `dataset_info.json`
+LlamaFactory reads. Splitting tickets rather than records keeps every task of a ticket on
+one side, so no test ticket was seen in training under another instruction.
+
+A problem the user can fix stops the stage with one line naming the file, the row (and id)
+and the column, before anything is written: the outputs of the last good run stay as they
+were, and a first run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import json
+import string
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from stages.common import PipelineError, atomic_dir, load_params, run_main, write_json, write_text
+
+OUT = Path("data/prepared")
+METRICS = Path("metrics/data.json")
+SPLITS = ("train", "validation", "test")
+KINDS = ("classification", "generation")
+# How LlamaFactory maps our record fields onto an alpaca example (the extra "id" and "task"
+# fields are ignored by LlamaFactory and read by the evaluate stage).
+ALPACA_COLUMNS = {
+    "prompt": "instruction",
+    "query": "input",
+    "response": "output",
+    "system": "system",
+}
+
+
+# ----------------------------------------------------------------------------- params
+
+
+def fraction(value: Any, name: str, allow_zero: bool = False) -> float:
+    """A params fraction in (0, 1), or [0, 1) where zero means "none"."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not (0 <= value < 1) or (value == 0 and not allow_zero):
+        raise PipelineError(
+            f"params.yaml {name}: expected a fraction between 0 and 1, got {value!r}"
+        )
+    return float(value)
+
+
+def integer(value: Any, name: str, minimum: int) -> int:
+    """A params integer (YAML's true/false are not integers here, though Python says so)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise PipelineError(f"params.yaml {name}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Check the `prepare` and `tasks` sections up front, so a typo fails in a second.
+
+    Returns the prepare section (with `text_template` filled in) and the tasks.
+    """
+    prep = params.get("prepare")
+    if not isinstance(prep, dict):
+        raise PipelineError("params.yaml: missing section prepare")
+    for key in ("input", "id_column", "text_columns"):
+        if not prep.get(key):
+            raise PipelineError(f"params.yaml prepare.{key}: missing")
+    columns = prep["text_columns"]
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        raise PipelineError("params.yaml prepare.text_columns: expected a list of column names")
+    if prep.get("max_samples") is not None:
+        raise PipelineError("params.yaml prepare.max_samples: renamed to prepare.max_tickets")
+
+    template = prep.get("text_template") or "\n\n".join(f"{{{c}}}" for c in columns)
+    try:
+        fields = [
+            field for _, field, _, _ in string.Formatter().parse(template) if field is not None
+        ]
+    except ValueError as e:  # unbalanced braces
+        raise PipelineError(
+            f"params.yaml prepare.text_template: {e} (write {{{{ for a brace)"
+        ) from e
+    for field in fields:
+        if field not in columns:
+            raise PipelineError(
+                f"params.yaml prepare.text_template: unknown placeholder {{{field}}} "
+                f"(placeholders are the text_columns: {', '.join(columns)})"
+            )
+
+    tasks = params.get("tasks")
+    if not isinstance(tasks, dict) or not tasks:
+        raise PipelineError("params.yaml tasks: expected a mapping of task name -> task")
+    for name, task in tasks.items():
+        where = f"params.yaml tasks.{name}"
+        if not isinstance(task, dict):
+            raise PipelineError(f"{where}: expected a mapping with kind, column and instruction")
+        if task.get("kind") not in KINDS:
+            raise PipelineError(
+                f"{where}.kind: unknown kind {task.get('kind')!r} (expected {' or '.join(KINDS)})"
+            )
+        for key in ("column", "instruction"):
+            if not isinstance(task.get(key), str) or not task[key].strip():
+                raise PipelineError(f"{where}.{key}: missing")
+        labels = task.get("labels")
+        if task["kind"] == "generation" and (
+            labels is not None or "{labels}" in task["instruction"]
+        ):
+            raise PipelineError(f"{where}: a generation task has no labels")
+        if labels is not None:
+            # YAML reads yes/no/on/off as booleans: they must be quoted to be labels.
+            if (
+                not isinstance(labels, list)
+                or not labels
+                or any(isinstance(v, bool) or not isinstance(v, str | int) for v in labels)
+            ):
+                raise PipelineError(
+                    f"{where}.labels: expected null or a list of labels (quote yes/no)"
+                )
+            if len(set(map(str, labels))) != len(labels):
+                raise PipelineError(f"{where}.labels: a label is listed twice")
+
+    fraction(prep.get("test_size"), "prepare.test_size")
+    fraction(params.get("val_size", 0), "val_size", allow_zero=True)
+    if prep["test_size"] + params.get("val_size", 0) >= 1:
+        raise PipelineError("params.yaml prepare.test_size + val_size: nothing left to train on")
+    integer(prep.get("max_chars"), "prepare.max_chars", 1)
+    integer(prep.get("min_per_class"), "prepare.min_per_class", 2)  # stratifying needs 2
+    integer(params.get("seed"), "seed", 0)
+    if prep.get("max_tickets") is not None:
+        integer(prep["max_tickets"], "prepare.max_tickets", 1)
+    return {**prep, "text_template": template}, tasks
+
+
+def stop_if(problems: list[str]) -> None:
+    """Raise the first problem as one line, saying how many more there are."""
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise PipelineError(problems[0] + more)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def as_text(value: Any) -> str:
+    """A cell as a string: missing -> '', so every format reads like the CSV does."""
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+        return ""
+    return value if isinstance(value, str) else str(value)
+
+
+def decode_utf8(path: Path) -> str:
+    """The file as text; a bad byte is reported by line, which is how an editor finds it."""
+    data = path.read_bytes()
+    if data.startswith(codecs.BOM_UTF8):  # spreadsheet exports often start with one
+        data = data[len(codecs.BOM_UTF8) :]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise PipelineError(
+            f"{path}: line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x}); "
+            "re-export the file as UTF-8"
+        ) from e
+
+
+def read_input(path: Path) -> pd.DataFrame:
+    """Read the raw tickets by extension, every cell as a string (ids like 007 stay 007)."""
+    if not path.is_file():
+        raise PipelineError(f"{path}: input file not found (params.yaml prepare.input)")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise PipelineError(f"{path}: not a readable Parquet file ({reason})") from e
+    elif suffix == ".csv":
+        try:
+            frame = pd.read_csv(io.StringIO(decode_utf8(path)), dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            reason = str(e).strip().splitlines()[0]
+            raise PipelineError(f"{path}: not a readable CSV file ({reason})") from e
+    elif suffix == ".jsonl":
+        rows = []
+        # split("\n"), not splitlines(): JSON strings may hold U+2028 and friends raw.
+        for number, line in enumerate(decode_utf8(path).split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PipelineError(f"{path}: line {number}: not valid JSON ({e.msg})") from e
+            if not isinstance(row, dict):
+                kind = type(row).__name__
+                raise PipelineError(f"{path}: line {number}: expected a JSON object, got {kind}")
+            rows.append(row)
+        frame = pd.DataFrame(rows)
+    else:
+        raise PipelineError(
+            f"{path}: unknown input format {suffix or '(no extension)'!r} "
+            "(expected .csv, .jsonl or .parquet)"
+        )
+    frame.columns = [str(c) for c in frame.columns]
+    return frame.map(as_text).reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- checking
+
+
+def where(path: Path, row: int, ticket_id: str, columns: str | list[str]) -> str:
+    """The place of a problem, as every message starts: file, data row (1-based), id, column."""
+    columns = [columns] if isinstance(columns, str) else columns
+    named = ", ".join(f"'{c}'" for c in columns)
+    ident = f" (id {ticket_id})" if ticket_id else ""
+    return f"{path}: row {row}{ident}, column{'s' if len(columns) > 1 else ''} {named}"
+
+
+def build_tickets(
+    frame: pd.DataFrame, path: Path, prep: dict[str, Any], tasks: dict[str, dict[str, Any]]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Check every row and turn it into a ticket: (tickets, answers), aligned by index.
+
+    tickets has row (1-based), id, text (rendered, truncated), key (whitespace- and
+    case-normalised full text, to find the same ticket twice) and truncated; answers has
+    one column per task.
+    """
+    if frame.empty:
+        raise PipelineError(f"{path}: no tickets")
+    id_column, text_columns = prep["id_column"], prep["text_columns"]
+    needed = {id_column: "prepare.id_column"} | {c: "prepare.text_columns" for c in text_columns}
+    needed |= {task["column"]: f"tasks.{name}.column" for name, task in tasks.items()}
+    missing = [c for c in needed if c not in frame.columns]
+    stop_if(
+        [
+            f"{path}: column '{c}' not found (params.yaml {needed[c]}); "
+            f"available columns: {', '.join(frame.columns)}"
+            for c in missing
+        ]
+    )
+
+    problems: list[str] = []
+    first_row_of: dict[str, int] = {}
+    tickets, answers = [], []
+    for row, record in enumerate(frame.to_dict("records"), start=1):
+        ticket_id = record[id_column].strip()
+        if not ticket_id:
+            problems.append(f"{where(path, row, '', id_column)}: empty id")
+        elif ticket_id in first_row_of:
+            problems.append(
+                f"{path}: rows {first_row_of[ticket_id]} and {row}, column '{id_column}': "
+                f"duplicate id {ticket_id}"
+            )
+        else:
+            first_row_of[ticket_id] = row
+        parts = {c: record[c].strip() for c in text_columns}
+        if not any(parts.values()):
+            problems.append(f"{where(path, row, ticket_id, text_columns)}: empty ticket text")
+        answer = {}
+        for name, task in tasks.items():
+            value = record[task["column"]].strip()
+            labels = task.get("labels")
+            if not value:
+                what = "label" if task["kind"] == "classification" else "target text"
+                problems.append(
+                    f"{where(path, row, ticket_id, task['column'])}: empty {what} for task {name}"
+                )
+            elif labels is not None and value not in map(str, labels):
+                problems.append(
+                    f"{where(path, row, ticket_id, task['column'])}: label {value!r} "
+                    f"of task {name} is not one of {', '.join(map(str, labels))} "
+                    f"(params.yaml tasks.{name}.labels)"
+                )
+            answer[name] = value
+        text = prep["text_template"].format_map(parts).strip()
+        tickets.append(
+            {
+                "row": row,
+                "id": ticket_id,
+                "text": text[: prep["max_chars"]],
+                "key": " ".join(text.split()).casefold(),
+                "truncated": len(text) > prep["max_chars"],
+            }
+        )
+        answers.append(answer)
+    stop_if(problems)
+    return pd.DataFrame(tickets), pd.DataFrame(answers, columns=list(tasks))
+
+
+def check_class_sizes(
+    labels: pd.Series, tickets: pd.DataFrame, path: Path, column: str, minimum: int
+) -> None:
+    """Every class of the stratifying task needs enough tickets to appear in every split."""
+    counts = labels.value_counts()
+    stop_if(
+        [
+            f"{path}: rows {', '.join(map(str, tickets.loc[labels == label, 'row']))}, "
+            f"column '{column}': "
+            f"class {label!r} of task {labels.name} has {count} ticket{'s' if count > 1 else ''}, "
+            f"fewer than prepare.min_per_class = {minimum}"
+            for label, count in sorted(counts[counts < minimum].items())
+        ]
+    )
+
+
+# ----------------------------------------------------------------------------- splitting
+
+
+def split_tickets(
+    strata: pd.Series | None, n: int, prep: dict[str, Any], val_size: float, seed: int
+) -> pd.Series:
+    """The split of each ticket kept (by index), in the order the records will be written.
+
+    Stratified (if there is a classification task) and seeded; val_size is a fraction of
+    all tickets, so it is rescaled for the second cut, from what the test cut left. Tickets
+    left out by max_tickets are dropped. Within a split the order is sklearn's seeded
+    shuffle, not the input's: LlamaFactory's `max_samples` keeps the *first* N records of a
+    dataset, and that should be a random sample even if the export is sorted by category.
+    """
+    from sklearn.model_selection import train_test_split  # imported here: errors above come fast
+
+    def cut(index: pd.Index, size: float | int, what: str) -> tuple[pd.Index, pd.Index]:
+        stratify = None if strata is None else strata.loc[index]
+        try:
+            return train_test_split(index, test_size=size, stratify=stratify, random_state=seed)
+        except ValueError as e:  # e.g. fewer test tickets than classes
+            task = f" stratified on task {strata.name}" if strata is not None else ""
+            raise PipelineError(f"cannot cut {what} from {len(index)} tickets{task}: {e}") from e
+
+    index = pd.RangeIndex(n)
+    max_tickets = prep.get("max_tickets")
+    if max_tickets is not None and max_tickets < n:
+        index, _ = cut(index, n - max_tickets, f"a sample of prepare.max_tickets = {max_tickets}")
+    rest, test = cut(index, prep["test_size"], f"prepare.test_size = {prep['test_size']}")
+    train, validation = rest, rest[:0]
+    if val_size > 0:
+        train, validation = cut(rest, val_size / (1 - prep["test_size"]), f"val_size = {val_size}")
+    members = zip(SPLITS, (train, validation, test), strict=True)
+    return pd.concat([pd.Series(name, index=ids, dtype=str) for name, ids in members])
+
+
+def check_leakage(tickets: pd.DataFrame, path: Path, text_columns: list[str]) -> None:
+    """The same ticket text on two sides of the split would score memorisation as skill."""
+    problems = []
+    for _, group in tickets.sort_values("row").groupby("key", sort=False):
+        crossing = group[group["split"] != group["split"].iloc[0]]
+        if len(crossing):
+            a, b = group.iloc[0], crossing.iloc[0]
+            problems.append(
+                f"{path}: rows {a.row} (id {a.id}, {a.split}) and {b.row} (id {b.id}, {b.split}), "
+                f"columns {', '.join(repr(c) for c in text_columns)}: the same ticket text is in "
+                "two splits (leakage); remove the duplicate tickets"
+            )
+    stop_if(problems)  # groups come in order of their first row
+
+
+def label_sets(
+    tickets: pd.DataFrame, answers: pd.DataFrame, tasks: dict[str, dict[str, Any]], path: Path
+) -> dict[str, list[str]]:
+    """Each classification task's labels: as declared, or those of the training split, sorted.
+
+    An inferred set is what the model is taught, so a label seen only in validation or
+    test could never be answered: that is an error asking to declare the set.
+    """
+    sets, problems = {}, []
+    train = tickets["split"] == "train"
+    for name, task in tasks.items():
+        if task["kind"] != "classification":
+            continue
+        if task.get("labels") is not None:
+            sets[name] = [str(v) for v in task["labels"]]
+            continue
+        sets[name] = sorted(answers.loc[train, name].unique())
+        for i in sorted(answers.index[~answers[name].isin(sets[name])]):
+            t = tickets.loc[i]
+            problems.append(
+                f"{where(path, t.row, t.id, task['column'])}: label {answers.at[i, name]!r} "
+                f"of task {name} ({t.split} split) is not in the training split, "
+                "so it can not be learnt; "
+                f"list the labels in params.yaml tasks.{name}.labels"
+            )
+    stop_if(problems)
+    return sets
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def make_records(
+    tickets: pd.DataFrame,
+    answers: pd.DataFrame,
+    instructions: dict[str, str],
+    system: str,
+) -> dict[str, list[dict[str, Any]]]:
+    """One alpaca record per (ticket, task), by split, in ticket order; a ticket's tasks together.
+
+    "id" and "task" are extra fields: LlamaFactory ignores them, the evaluate stage needs them.
+    """
+    records: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    for t in tickets.itertuples():
+        for name, instruction in instructions.items():
+            records[t.split].append(
+                {
+                    "id": t.id,
+                    "task": name,
+                    "system": system,
+                    "instruction": instruction,
+                    "input": t.text,
+                    "output": answers.at[t.Index, name],
+                }
+            )
+    return records
+
+
+def data_metrics(
+    frame: pd.DataFrame,
+    tickets: pd.DataFrame,
+    answers: pd.DataFrame,
+    records: dict[str, list[dict[str, Any]]],
+    labels: dict[str, list[str]],
+) -> dict[str, Any]:
+    """What `dvc metrics diff` should show when the data or the split changes."""
+    per_split = tickets["split"].value_counts()
+    return {
+        "input_rows": len(frame),
+        "tickets": {s: int(per_split.get(s, 0)) for s in SPLITS} | {"total": len(tickets)},
+        "records": {s: len(records[s]) for s in SPLITS}
+        | {"total": sum(map(len, records.values()))},
+        "truncated_texts": int(tickets["truncated"].sum()),
+        "label_sets": labels,
+        "label_counts": {  # every label of the set, zeros included, so the keys stay stable
+            name: {
+                s: answers.loc[tickets["split"] == s, name]
+                .value_counts()
+                .reindex(labels[name], fill_value=0)
+                .astype(int)
+                .to_dict()
+                for s in SPLITS
+            }
+            for name in labels
+        },
+    }
+
+
+def to_jsonl(records: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+def main() -> None:
+    params = load_params()
+    prep, tasks = check_params(params)
+    path = Path(prep["input"])
+
+    frame = read_input(path)
+    tickets, answers = build_tickets(frame, path, prep, tasks)
+    stratify_on = next((n for n, t in tasks.items() if t["kind"] == "classification"), None)
+    strata = None if stratify_on is None else answers[stratify_on]
+    if strata is not None:
+        column = tasks[stratify_on]["column"]
+        check_class_sizes(strata, tickets, path, column, prep["min_per_class"])
+
+    split = split_tickets(strata, len(tickets), prep, params.get("val_size", 0), params["seed"])
+    tickets, answers = tickets.loc[split.index].assign(split=split), answers.loc[split.index]
+    check_leakage(tickets, path, prep["text_columns"])
+    labels = label_sets(tickets, answers, tasks, path)
+
+    instructions = {
+        name: task["instruction"].replace("{labels}", ", ".join(labels.get(name, [])))
+        for name, task in tasks.items()
+    }
+    records = make_records(tickets, answers, instructions, params["default_system"])
+
+    # Everything is validated: only now replace the outputs (the data first, then metrics).
+    with atomic_dir(OUT) as tmp:
+        for s in SPLITS:
+            write_text(tmp / f"{s}.jsonl", to_jsonl(records[s]))
+        write_json(
+            tmp / "dataset_info.json",
+            {
+                f"tickets_{s}": {
+                    "file_name": f"{s}.jsonl",
+                    "formatting": "alpaca",
+                    "columns": ALPACA_COLUMNS,
+                }
+                for s in SPLITS
+            },
+        )
+        write_json(tmp / "labels.json", labels)
+    metrics = data_metrics(frame, tickets, answers, records, labels)
+    write_json(METRICS, metrics)
+    print(
+        f"prepare: {len(tickets)} tickets -> "
+        + " / ".join(f"{s} {metrics['tickets'][s]}" for s in SPLITS)
+        + f"; {metrics['records']['total']} records ({len(tasks)} tasks); "
+        f"{metrics['truncated_texts']} texts truncated to {prep['max_chars']} chars"
+    )
+
+
+if __name__ == "__main__":
+    run_main(main)

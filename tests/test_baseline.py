@@ -1,0 +1,85 @@
+"""Tests of the baseline stage: prepare then baseline, run as DVC runs them, on toy tickets
+whose category shows in their words (so a TF-IDF model must learn it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from stages.baseline import first_line, first_sentence
+from tests.test_prepare import (
+    REPO_PARAMS,
+    lay_out,
+    make_params,
+    make_tickets,
+    prepare_in,
+    run_stage,
+)
+
+CLASSIFICATION_KEYS = {"accuracy", "macro_f1", "weighted_f1"}
+GENERATION_KEYS = {"rouge1", "rouge2", "rougeL"}
+
+
+def baseline_params(**baseline: object) -> dict:
+    """Test params: min_df 1, as toy data has few repeated n-grams."""
+    return make_params(
+        baseline=REPO_PARAMS["baseline"] | {"min_df": 1, "summary_source": "first_line"} | baseline
+    )
+
+
+@pytest.fixture(scope="module")
+def metrics(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """metrics/baseline.json of one prepare + baseline run on 120 balanced toy tickets."""
+    folder = tmp_path_factory.mktemp("baseline")
+    tickets = make_tickets({"billing": 40, "shipping": 40, "account": 40})
+    assert prepare_in(folder, tickets, baseline_params()).returncode == 0
+    result = run_stage(folder, "stages.baseline")
+    assert result.returncode == 0, result.stderr
+    assert "baseline category: accuracy" in result.stdout
+    return json.loads((folder / "metrics" / "baseline.json").read_text())
+
+
+def test_metrics_have_every_key_in_range(metrics: dict) -> None:
+    assert set(metrics) == {"category", "priority", "summary", "test_tickets"}
+    assert set(metrics["category"]) == set(metrics["priority"]) == CLASSIFICATION_KEYS
+    assert set(metrics["summary"]) == GENERATION_KEYS
+    assert metrics["test_tickets"] == 24  # 20 % of 120
+    for task in ("category", "priority", "summary"):
+        for value in metrics[task].values():
+            assert 0 <= value <= 1 and value == round(value, 4)
+
+
+def test_learnable_task_scores_clearly_above_chance(metrics: dict) -> None:
+    assert metrics["category"]["accuracy"] >= 0.9  # chance is 1/3
+    assert metrics["category"]["macro_f1"] >= 0.9
+    assert metrics["summary"]["rouge1"] >= 0.5  # the subject is most of the gold summary
+
+
+def test_extractive_summaries() -> None:
+    text = "Subject: Refund not received\n\nHi, I paid twice. Please help!\nThanks"
+    assert first_line(text) == "Refund not received"
+    assert first_line("\n  \nNo label here\nsecond") == "No label here"
+    assert first_sentence(text) == "Refund not received Hi, I paid twice."
+    assert first_sentence("One line only") == "One line only"
+
+
+def test_unknown_summary_source_is_an_error(tmp_path: Path) -> None:
+    result = run_stage(
+        lay_out(tmp_path, None, baseline_params(summary_source="subject")), "stages.baseline"
+    )
+    assert result.returncode == 1
+    assert "baseline.summary_source" in result.stderr and "'subject'" in result.stderr
+    assert "first_line or first_sentence" in result.stderr
+    assert not (tmp_path / "metrics" / "baseline.json").exists()
+
+
+def test_missing_prepared_data_is_an_error(tmp_path: Path) -> None:
+    result = run_stage(lay_out(tmp_path, None, baseline_params()), "stages.baseline")
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        == "error: data/prepared/labels.json: not found (run the prepare stage first)"
+    )
+    assert not (tmp_path / "metrics" / "baseline.json").exists()

@@ -1,0 +1,481 @@
+"""Tests of the prepare stage, run the way DVC runs it: `python -m stages.prepare` in a folder
+holding a params.yaml and the raw tickets, with the repository on PYTHONPATH.
+
+Every check of bad input has its own small bad file; each must stop the stage with exit code
+1 and one line naming the file, the row (and id) and the column, and leave no output behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+REPO_PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+# Small data needs bigger test and validation fractions to hold every class.
+TEST_PREPARE = {"input": "tickets.csv", "test_size": 0.2, "max_chars": 400, "min_per_class": 3}
+TEST_TOP = {"val_size": 0.1, "seed": 42}
+TASKS = REPO_PARAMS["tasks"]
+OUTPUTS = ("train.jsonl", "validation.jsonl", "test.jsonl", "dataset_info.json", "labels.json")
+SPLITS = ("train", "validation", "test")
+
+KEYWORDS = {  # each category shows in its words, so a baseline can learn it
+    "billing": ["invoice", "double charge", "declined payment", "missing receipt"],
+    "shipping": ["parcel", "late delivery", "tracking number", "courier"],
+    "account": ["password reset", "login error", "two-factor code", "locked account"],
+}
+PRIORITIES = ("low", "medium", "high", "urgent")
+
+
+def make_tickets(
+    sizes: dict[str, int] | None = None, long_rows: tuple[int, ...] = (2, 5), seed: int = 0
+) -> pd.DataFrame:
+    """Synthetic raw tickets in the default export's shape; rows in `long_rows` are overlong.
+
+    Ids are T0001, T0002, ... in row order, so a data row number and its id go together.
+    """
+    sizes = sizes or {"billing": 30, "shipping": 20, "account": 10}
+    rng = random.Random(seed)
+    categories = [c for c, size in sizes.items() for _ in range(size)]
+    rng.shuffle(categories)
+    rows = []
+    for n, category in enumerate(categories, start=1):
+        topic = rng.choice(KEYWORDS[category])
+        body = f"Hello, ticket {n} here: I have a {topic} problem since {rng.randint(1, 28)} May."
+        if n in long_rows:
+            body += " More details follow." * 40
+        rows.append(
+            {
+                "id": f"T{n:04d}",
+                "subject": f"{topic} problem",
+                "body": body,
+                "category": category,
+                "priority": PRIORITIES[n % len(PRIORITIES)],
+                "summary": f"Customer reports a {topic} problem",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def make_params(prepare: dict[str, Any] | None = None, **top: Any) -> dict[str, Any]:
+    """The repository's params.yaml with the test defaults, then the given overrides."""
+    params = copy.deepcopy(REPO_PARAMS) | TEST_TOP
+    params["prepare"] = params["prepare"] | TEST_PREPARE | (prepare or {})
+    return params | top
+
+
+def lay_out(
+    folder: Path, data: pd.DataFrame | bytes | None, params: dict[str, Any] | None = None
+) -> Path:
+    """A workspace: params.yaml and the input file in the format its name says.
+
+    `data` bytes are written as they are; None writes no input file.
+    """
+    params = params or make_params()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    path = folder / params["prepare"]["input"]
+    if isinstance(data, bytes):
+        path.write_bytes(data)
+    elif data is None:
+        pass
+    elif path.suffix == ".jsonl":
+        path.write_text(data.to_json(orient="records", lines=True, force_ascii=False), "utf-8")
+    elif path.suffix == ".parquet":
+        data.to_parquet(path, index=False)
+    else:
+        data.to_csv(path, index=False)
+    return folder
+
+
+def run_stage(folder: Path, module: str = "stages.prepare") -> subprocess.CompletedProcess[str]:
+    """Run a stage as DVC does: from the workspace folder, the repository on PYTHONPATH."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", module]
+    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+
+
+def prepare_in(
+    folder: Path, data: pd.DataFrame | bytes | None, params: dict[str, Any] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return run_stage(lay_out(folder, data, params))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def outputs(folder: Path) -> dict[str, bytes]:
+    """Every output file of a prepare run, by name."""
+    files = {name: folder / "data" / "prepared" / name for name in OUTPUTS}
+    files["data.json"] = folder / "metrics" / "data.json"
+    return {name: path.read_bytes() for name, path in files.items()}
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def edited(**cells: dict[int, str]) -> pd.DataFrame:
+    """The default tickets with some cells changed: column={data row: value, ...}."""
+    frame = make_tickets()
+    for column, values in cells.items():
+        for row, value in values.items():
+            frame.loc[row - 1, column] = value
+    return frame
+
+
+def csv_bytes(frame: pd.DataFrame) -> bytes:
+    return frame.to_csv(index=False).encode("utf-8")
+
+
+def parquet_bytes(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def jsonl_with_line(number: int, line: str) -> bytes:
+    lines = make_tickets().to_json(orient="records", lines=True).splitlines()
+    lines[number - 1] = line
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def same_text_tickets() -> pd.DataFrame:
+    """All 30 billing tickets say the same (up to case and spacing): some must cross splits."""
+    frame = make_tickets()
+    billing = frame.index[frame["category"] == "billing"]
+    frame.loc[billing, "subject"] = ["Invoice  WRONG", "invoice wrong"] * (len(billing) // 2)
+    frame.loc[billing, "body"] = "Please fix my invoice.\n"
+    return frame
+
+
+def latin1_on_row(row: int) -> bytes:
+    """A CSV whose data row `row` (file line row + 1) holds a Latin-1 byte."""
+    lines = csv_bytes(make_tickets(long_rows=())).split(b"\n")
+    lines[row] = lines[row].replace(b"Hello", b"H\xe9llo")
+    return b"\n".join(lines)
+
+
+def case(name: str, data: bytes | None, expected: str | re.Pattern[str], prepare=None, **top):
+    """One bad-input case: input bytes (None: no file), params overrides, expected message."""
+    return pytest.param(data, make_params(prepare, **top), expected, id=name)
+
+
+CSV = csv_bytes(make_tickets())
+# Rows a and b hold tickets T..a and T..b (\1, \3), in two different splits (\2, not \2).
+LEAKAGE = re.compile(
+    r"tickets\.csv: rows (\d+) \(id T0*\1, (\w+)\) and (\d+) \(id T0*\3, (?!\2)\w+\), "
+    r"columns 'subject', 'body': the same ticket text is in two splits \(leakage\)"
+)
+ERROR_CASES = [
+    case("missing_file", None, "tickets.csv: input file not found (params.yaml prepare.input)"),
+    case(
+        "unknown_extension",
+        CSV,
+        "tickets.xlsx: unknown input format '.xlsx' (expected .csv, .jsonl or .parquet)",
+        {"input": "tickets.xlsx"},
+    ),
+    case(
+        "corrupt_parquet",
+        parquet_bytes(make_tickets())[:300],
+        "tickets.parquet: not a readable Parquet file (",
+        {"input": "tickets.parquet"},
+    ),
+    case(
+        "ragged_csv",
+        CSV.replace(b"\nT0004,", b"\nT0004,extra,", 1),
+        "tickets.csv: not a readable CSV file (Error tokenizing data. C error: "
+        "Expected 6 fields in line 5, saw 7)",
+    ),
+    case(
+        "jsonl_not_json",
+        jsonl_with_line(3, '{"id": "T0003", "subject": '),
+        "tickets.jsonl: line 3: not valid JSON (Expecting value)",
+        {"input": "tickets.jsonl"},
+    ),
+    case(
+        "jsonl_not_object",
+        jsonl_with_line(4, '["T0004", "a list"]'),
+        "tickets.jsonl: line 4: expected a JSON object, got list",
+        {"input": "tickets.jsonl"},
+    ),
+    case(
+        "missing_column",
+        csv_bytes(make_tickets().drop(columns="priority")),
+        "tickets.csv: column 'priority' not found (params.yaml tasks.priority.column); "
+        "available columns: id, subject, body, category, summary",
+    ),
+    case(
+        "empty_text",
+        csv_bytes(edited(subject={5: " "}, body={5: ""})),
+        "tickets.csv: row 5 (id T0005), columns 'subject', 'body': empty ticket text",
+    ),
+    case(
+        "missing_label",
+        csv_bytes(edited(category={7: ""}, summary={9: " "})),
+        "tickets.csv: row 7 (id T0007), column 'category': empty label for task category "
+        "(and 1 more)",
+    ),
+    case(
+        "missing_target_text",
+        csv_bytes(edited(summary={8: ""})),
+        "tickets.csv: row 8 (id T0008), column 'summary': empty target text for task summary",
+    ),
+    case(
+        "label_outside_set",
+        csv_bytes(edited(priority={9: "critical"})),
+        "tickets.csv: row 9 (id T0009), column 'priority': label 'critical' of task priority "
+        "is not one of low, medium, high, urgent (params.yaml tasks.priority.labels)",
+    ),
+    case(
+        "duplicate_id",
+        csv_bytes(edited(id={12: "T0003"})),
+        "tickets.csv: rows 3 and 12, column 'id': duplicate id T0003",
+    ),
+    case("leakage", csv_bytes(same_text_tickets()), LEAKAGE),
+    case(
+        "not_utf8",
+        latin1_on_row(4),
+        "tickets.csv: line 5: not valid UTF-8 (byte 0xe9); re-export the file as UTF-8",
+    ),
+    case(
+        "class_too_small",
+        csv_bytes(make_tickets({"billing": 30, "shipping": 20, "account": 2})),
+        "column 'category': class 'account' of task category has 2 tickets, "
+        "fewer than prepare.min_per_class = 3",
+    ),
+    case(
+        "bad_task_kind",
+        CSV,
+        "params.yaml tasks.priority.kind: unknown kind 'regression' "
+        "(expected classification or generation)",
+        tasks=TASKS | {"priority": TASKS["priority"] | {"kind": "regression"}},
+    ),
+    case(
+        "unknown_placeholder",
+        CSV,
+        "params.yaml prepare.text_template: unknown placeholder {text} "
+        "(placeholders are the text_columns: subject, body)",
+        {"text_template": "{subject}\n{text}"},
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "params", "expected"), ERROR_CASES)
+def test_bad_input_stops_with_one_clear_line_and_no_output(
+    tmp_path: Path, data: bytes | None, params: dict[str, Any], expected: str | re.Pattern[str]
+) -> None:
+    result = prepare_in(tmp_path, data, params)
+    assert result.returncode == 1, result.stderr
+    message = result.stderr.strip()
+    assert message.startswith("error: ") and "\n" not in message, message
+    if isinstance(expected, re.Pattern):
+        assert expected.search(message), message
+    else:
+        assert expected in message
+    assert not (tmp_path / "data" / "prepared").exists()
+    assert not (tmp_path / "metrics" / "data.json").exists()
+    assert not list(tmp_path.glob("data/.prepared.tmp-*"))
+
+
+# ----------------------------------------------------------------------------- good input
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One prepare run on the default tickets, shared by the tests that only read it."""
+    folder = tmp_path_factory.mktemp("prepared")
+    result = prepare_in(folder, make_tickets())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("prepare: 60 tickets -> train 42 / validation 6 / test 12")
+    return folder
+
+
+def split_records(folder: Path) -> dict[str, list[dict[str, Any]]]:
+    return {s: read_jsonl(folder / "data" / "prepared" / f"{s}.jsonl") for s in SPLITS}
+
+
+def metrics_of(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "metrics" / "data.json").read_text(encoding="utf-8"))
+
+
+def test_failed_run_leaves_previous_outputs_unchanged(prepared: Path, tmp_path: Path) -> None:
+    folder = shutil.copytree(prepared, tmp_path / "copy")
+    assert prepare_in(folder, csv_bytes(edited(category={3: ""}))).returncode == 1
+    assert outputs(folder) == outputs(prepared)
+
+
+def test_split_is_by_ticket_with_every_task(prepared: Path) -> None:
+    records = split_records(prepared)
+    ids = {s: {r["id"] for r in recs} for s, recs in records.items()}
+    assert not (ids["train"] & ids["validation"] or ids["train"] & ids["test"])
+    assert not ids["validation"] & ids["test"]
+    assert [len(ids[s]) for s in SPLITS] == [42, 6, 12]  # test 20 %, validation 10 % of all
+    for s, recs in records.items():
+        assert len(recs) == len(ids[s]) * len(TASKS)
+        tasks_of = pd.DataFrame(recs).groupby("id")["task"].apply(list)
+        assert all(tasks == list(TASKS) for tasks in tasks_of)
+    train_order = [r["id"] for r in records["train"][:: len(TASKS)]]
+    assert train_order != sorted(train_order)  # shuffled: max_samples keeps a random sample
+    metrics = metrics_of(prepared)
+    assert metrics["tickets"] == {"train": 42, "validation": 6, "test": 12, "total": 60}
+    assert metrics["records"] == {"train": 126, "validation": 18, "test": 36, "total": 180}
+
+
+def test_records_are_alpaca_with_labels_filled_in(prepared: Path) -> None:
+    folder = prepared / "data" / "prepared"
+    labels = json.loads((folder / "labels.json").read_text())
+    assert labels == {"category": ["account", "billing", "shipping"], "priority": list(PRIORITIES)}
+    record = read_jsonl(folder / "train.jsonl")[0]
+    assert set(record) == {"id", "task", "system", "instruction", "input", "output"}
+    assert record["system"] == REPO_PARAMS["default_system"]
+    assert record["task"] == "category"
+    assert record["instruction"].endswith("Categories: account, billing, shipping.")
+    raw = make_tickets().set_index("id").loc[record["id"]]
+    assert record["input"] == f"Subject: {raw['subject']}\n\n{raw['body']}"
+    assert record["output"] == raw["category"]
+    info = json.loads((folder / "dataset_info.json").read_text())
+    assert set(info) == {"tickets_train", "tickets_validation", "tickets_test"}
+    assert info["tickets_test"] == {
+        "file_name": "test.jsonl",
+        "formatting": "alpaca",
+        "columns": {
+            "prompt": "instruction",
+            "query": "input",
+            "response": "output",
+            "system": "system",
+        },
+    }
+
+
+def test_overlong_text_is_truncated_and_counted(prepared: Path) -> None:
+    assert metrics_of(prepared)["truncated_texts"] == 2
+    records = [r for recs in split_records(prepared).values() for r in recs]
+    long = {"T0002", "T0005"}  # make_tickets' long_rows
+    assert all(len(r["input"]) == 400 for r in records if r["id"] in long)
+    assert all(len(r["input"]) < 400 for r in records if r["id"] not in long)
+
+
+def test_split_is_stratified(prepared: Path) -> None:
+    records = split_records(prepared)
+    overall = make_tickets()["category"].value_counts(normalize=True)
+    for s in ("train", "test"):
+        gold = pd.Series([r["output"] for r in records[s] if r["task"] == "category"])
+        share = gold.value_counts(normalize=True).reindex(overall.index, fill_value=0)
+        assert (share - overall).abs().max() <= 0.05, (s, share.to_dict())
+    test_counts = metrics_of(prepared)["label_counts"]["category"]["test"]
+    assert test_counts == {"account": 2, "billing": 6, "shipping": 4}
+
+
+def test_same_input_same_bytes_and_seed_changes_split(prepared: Path, tmp_path: Path) -> None:
+    assert prepare_in(tmp_path / "again", make_tickets()).returncode == 0
+    assert outputs(tmp_path / "again") == outputs(prepared)
+    assert prepare_in(tmp_path / "seed7", make_tickets(), make_params(seed=7)).returncode == 0
+    test_ids = [{r["id"] for r in split_records(f)["test"]} for f in (prepared, tmp_path / "seed7")]
+    assert test_ids[0] != test_ids[1]
+
+
+def test_parquet_gives_the_same_outputs_as_csv(prepared: Path, tmp_path: Path) -> None:
+    result = prepare_in(tmp_path, make_tickets(), make_params({"input": "tickets.parquet"}))
+    assert result.returncode == 0, result.stderr
+    assert outputs(tmp_path) == outputs(prepared)
+
+
+def test_max_tickets_takes_a_stratified_sample(tmp_path: Path) -> None:
+    result = prepare_in(tmp_path, make_tickets(), make_params({"max_tickets": 30}))
+    assert result.returncode == 0, result.stderr
+    metrics = metrics_of(tmp_path)
+    assert metrics["input_rows"] == 60
+    assert metrics["tickets"] == {"train": 21, "validation": 3, "test": 6, "total": 30}
+    per_split = metrics["label_counts"]["category"].values()
+    kept = {label: sum(counts[label] for counts in per_split) for label in ("account", "billing")}
+    assert kept == {"account": 5, "billing": 15}  # half of 10 and of 30
+
+
+def test_other_export_shape_runs_by_params_alone(tmp_path: Path) -> None:
+    """A JSONL export with other column names, integer ids and two other tasks."""
+    teams = {"billing": "payments", "shipping": "logistics", "account": "identity"}
+    frame = make_tickets().rename(
+        columns={"subject": "title", "body": "description", "summary": "reply"}
+    )
+    frame = frame.assign(ticket_id=range(1001, 1061), team=frame["category"].map(teams))
+    frame = frame[["ticket_id", "title", "description", "team", "reply"]]
+    tasks = {
+        "team": {
+            "kind": "classification",
+            "column": "team",
+            "labels": None,
+            "instruction": "Route to one team of: {labels}.",
+        },
+        "reply": {"kind": "generation", "column": "reply", "instruction": "Draft a reply."},
+    }
+    prepare = {
+        "input": "export.jsonl",
+        "id_column": "ticket_id",
+        "text_columns": ["title", "description"],
+        "text_template": "Title: {title}\n{description}",
+    }
+    result = prepare_in(tmp_path, frame, make_params(prepare, tasks=tasks))
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "data" / "prepared"
+    labels = json.loads((folder / "labels.json").read_text())
+    assert labels == {"team": ["identity", "logistics", "payments"]}
+    records = [r for s in SPLITS for r in read_jsonl(folder / f"{s}.jsonl")]
+    assert len(records) == 60 * 2
+    assert {r["id"] for r in records} == {str(i) for i in range(1001, 1061)}
+    first = records[0]
+    assert first["task"] == "team"
+    assert first["instruction"] == "Route to one team of: identity, logistics, payments."
+    assert first["input"].startswith("Title: ") and "\nHello, ticket" in first["input"]
+    assert first["output"] in labels["team"]
+
+
+def test_llamafactory_loads_the_prepared_dataset(
+    prepared: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """LlamaFactory's own loader reads data/prepared as is, and trains on the gold answers."""
+    from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
+    from llamafactory.hparams import get_train_args
+    from llamafactory.model import load_tokenizer
+
+    model_args, data_args, training_args, _, _ = get_train_args(
+        {
+            "model_name_or_path": str(tiny_model),
+            "stage": "sft",
+            "do_train": True,
+            "finetuning_type": "lora",
+            "template": "smollm2",
+            "dataset": "tickets_train",
+            "dataset_dir": str(prepared / "data" / "prepared"),
+            "cutoff_len": 1024,
+            "output_dir": str(tmp_path / "out"),
+            "cache_dir": str(tmp_path / "cache"),
+            "overwrite_cache": True,
+            "report_to": "none",
+        }
+    )
+    tokenizer = load_tokenizer(model_args)["tokenizer"]
+    template = get_template_and_fix_tokenizer(tokenizer, data_args)
+    dataset = get_dataset(template, model_args, data_args, training_args, "sft", tokenizer)
+    train = dataset["train_dataset"]
+    gold = read_jsonl(prepared / "data" / "prepared" / "train.jsonl")
+    assert len(train) == len(gold) == 42 * len(TASKS)
+
+    prompt = tokenizer.decode(train[0]["input_ids"])
+    answer = tokenizer.decode([t for t in train[0]["labels"] if t != -100])  # what is learnt
+    assert gold[0]["system"] in prompt and gold[0]["instruction"] in prompt
+    assert gold[0]["input"] in prompt
+    assert gold[0]["output"] in answer and gold[0]["input"] not in answer
