@@ -59,7 +59,7 @@ format:  ## apply ruff's fixes and formatting
 	ruff format stages tests data
 
 clean:  ## remove pipeline outputs (not the environments, not the DVC cache)
-	rm -rf models/base models/adapter models/merged data/prepared runs
+	rm -rf models/base models/adapter models/merged data/prepared data/eval runs
 
 .PHONY: serve chat
 
@@ -69,3 +69,33 @@ serve:  ## serve models/merged with vLLM for interactive use (prints URL, key, c
 
 chat:  ## triage one ticket with the `make serve` server: make chat TICKET="Subject: ..."
 	python -m stages.evaluate --chat
+
+# The tuning guide's studies (part 4) as queued DVC experiments; see stages/study.py.
+# Sized down for a quick CPU run:
+#   make exp-rank VALUES="8 16" EXTRA="-S max_samples=40 -S prepare.max_tickets=200" JOBS=1
+# TARGETS=merge stops each run before the served evaluation.
+JOBS    ?= 1
+VALUES  ?=
+EXTRA   ?=
+TARGETS ?=
+STUDY_ARGS = $(if $(VALUES),--values $(VALUES)) $(if $(TARGETS),--targets $(TARGETS)) -j $(JOBS) $(EXTRA)
+
+.PHONY: exp-rank exp-lr exp-target report pr-report
+
+exp-rank: setup  ## rank study: lora_rank 16/32/64/128, alpha 2 x rank (VALUES, EXTRA, JOBS)
+	python -m stages.study rank $(STUDY_ARGS)
+
+exp-lr: setup  ## learning-rate study: 1e-4/2e-4/5e-4 (VALUES, EXTRA, JOBS)
+	python -m stages.study lr $(STUDY_ARGS)
+
+exp-target: setup  ## target study: q_proj,v_proj / q,k,v,o / all (VALUES, EXTRA, JOBS)
+	python -m stages.study target $(STUDY_ARGS)
+
+# EXPS="rank-16 rank-64" compares only these experiments (default: all of this commit)
+report: $(VENV)/.installed  ## reports/report.md: workspace vs experiments, curves, diagnosis
+	python -m stages.report $(if $(EXPS),--exp $(EXPS))
+
+# Needs only git and dvc (CI installs nothing else), so it does not depend on setup.
+BASE ?= main
+pr-report:  ## reports/pr.md: dvc params/metrics/plots diff against BASE (default main)
+	python -m stages.report --pr $(BASE)

@@ -29,7 +29,15 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from stages.common import PipelineError, atomic_dir, load_params, run_main, write_json, write_text
+from stages.common import (
+    PipelineError,
+    atomic_dir,
+    cpu_has_bf16,
+    load_params,
+    run_main,
+    write_json,
+    write_text,
+)
 
 CONFIG = Path("configs/train.yaml")
 ADAPTER = Path("models/adapter")
@@ -56,15 +64,6 @@ def gpu_count() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def cpu_has_bf16() -> bool:
-    """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def command(config: dict[str, Any], launch: dict[str, Any]) -> tuple[list[str], dict[str, str]]:

@@ -4,16 +4,20 @@
   enough to train and serve in seconds (head_dim 64: vLLM's CPU attention rejects 16).
 - `make_workspace`: a temporary git + DVC copy of this repository, where tests run
   `dvc repro` / `dvc exp run` exactly as a user would, without touching the real workspace.
+- `tiny_workspace`: such a copy on the tiny model, run through merge; `tiny_experiments`: two
+  experiments on it (lora_rank, lora_target), shared by the train and report tests.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import yaml
@@ -24,6 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 # environment by absolute path, as the Makefile does.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 os.environ.setdefault("TICKET_SERVE_PYTHON", str(REPO / ".venv-serve" / "bin" / "python"))
+# Tests never reach a model hub: fail fast instead of waiting for a network time-out.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -144,6 +150,7 @@ TINY_PARAMS: dict[str, object] = {
     "save_steps": 5,
     "logging_steps": 1,
     "val_size": 0.1,
+    "prepare.test_size": 0.1,
     "prepare.max_tickets": 200,
 }
 
@@ -158,3 +165,41 @@ def tiny_workspace(make_workspace, tiny_model: Path) -> Path:
     ws = make_workspace("tiny", {**TINY_PARAMS, "base_model.source": str(tiny_model)})
     dvc(["repro", "merge"], ws)
     return ws
+
+
+class Experiment(NamedTuple):
+    """A finished `dvc exp run`: its name, commit and the stages that ran."""
+
+    name: str
+    rev: str
+    ran: set[str]
+
+
+def exp_run(ws: Path, *overrides: str, name: str | None = None) -> Experiment:
+    """`dvc exp run --temp` up to merge (no evaluation), with `-S` overrides."""
+    args = ["exp", "run", "--temp", *(["-n", name] if name else [])]
+    args += [*[a for o in overrides for a in ("-S", o)], "merge"]
+    out = dvc(args, ws).stdout
+    ran = set(re.findall(r"Running stage '(\w+)'", out))
+    name = re.search(r"Ran experiment\(s\): (\S+)", out).group(1)
+    refs = run(["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"], ws)
+    (rev,) = [r.split()[0] for r in refs.stdout.splitlines() if r.endswith(f"/{name}")]
+    return Experiment(name, rev, ran)
+
+
+# Experiments on the tiny workspace: each trains for minutes on a CPU, so they run once per
+# session and the train tests (what reran, what the adapter holds) and the report tests
+# (`dvc exp show`, the comparison report) look at the same two runs.
+TINY_EXPERIMENTS: dict[str, tuple[str, ...]] = {
+    "rank-16": ("lora_rank=16",),
+    "target-qv": ("lora_target='q_proj,v_proj'",),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_experiments(tiny_workspace: Path) -> dict[str, Experiment]:
+    """The TINY_EXPERIMENTS run in `tiny_workspace` (`dvc exp run --temp -n NAME ... merge`)."""
+    return {
+        name: exp_run(tiny_workspace, *overrides, name=name)
+        for name, overrides in TINY_EXPERIMENTS.items()
+    }

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 import yaml
 
 from stages import train
-from tests.conftest import REPO, dvc, run, set_params
+from tests.conftest import REPO, Experiment, run, set_params
 
 
 def load_yaml(path: Path) -> dict:
@@ -131,15 +130,6 @@ def test_train_outputs(tiny_workspace: Path) -> None:
     assert (merged / "model.safetensors").is_file() and (merged / "tokenizer.json").is_file()
 
 
-def exp_run(ws: Path, *overrides: str) -> tuple[set[str], str]:
-    """`dvc exp run --temp` up to merge; returns the stages that ran and the experiment's rev."""
-    args = ["exp", "run", "--temp", *[a for o in overrides for a in ("-S", o)], "merge"]
-    out = dvc(args, ws).stdout
-    ran = set(re.findall(r"Running stage '(\w+)'", out))
-    rev = re.search(r"Ran experiment\(s\): (\S+)", out).group(1)
-    return ran, rev
-
-
 def exp_file(ws: Path, rev: str, path: str) -> str:
     """A file of an experiment: git-tracked, or from the DVC cache through dvc.api."""
     code = f"import dvc.api; print(dvc.api.read({path!r}, repo='.', rev={rev!r}), end='')"
@@ -147,8 +137,10 @@ def exp_file(ws: Path, rev: str, path: str) -> str:
 
 
 @pytest.mark.slow
-def test_exp_run_rank_reruns_only_configure_train_merge(tiny_workspace: Path) -> None:
-    ran, rev = exp_run(tiny_workspace, "lora_rank=16")
+def test_exp_run_rank_reruns_only_configure_train_merge(
+    tiny_workspace: Path, tiny_experiments: dict[str, Experiment]
+) -> None:
+    ran, rev = tiny_experiments["rank-16"].ran, tiny_experiments["rank-16"].rev
     assert ran == {"configure", "train", "merge"}
     config = yaml.safe_load(exp_file(tiny_workspace, rev, "configs/train.yaml"))
     assert (config["lora_rank"], config["lora_alpha"]) == (16, 32)
@@ -159,8 +151,10 @@ def test_exp_run_rank_reruns_only_configure_train_merge(tiny_workspace: Path) ->
 
 
 @pytest.mark.slow
-def test_exp_run_target_changes_adapter_modules(tiny_workspace: Path) -> None:
-    _, rev = exp_run(tiny_workspace, "lora_target='q_proj,v_proj'")
+def test_exp_run_target_changes_adapter_modules(
+    tiny_workspace: Path, tiny_experiments: dict[str, Experiment]
+) -> None:
+    rev = tiny_experiments["target-qv"].rev
     adapter = json.loads(exp_file(tiny_workspace, rev, "models/adapter/adapter_config.json"))
     assert sorted(adapter["target_modules"]) == ["q_proj", "v_proj"]
 

@@ -1,0 +1,674 @@
+"""Stage evaluate: the merged model, served by vLLM as it will be deployed, scored on the test set.
+
+Starts a vLLM OpenAI-compatible server on `models/merged/` (`stages/vllm_server.py`; or uses
+the running server at `evaluate.base_url`), sends every record of `data/prepared/test.jsonl`
+to `/v1/chat/completions` and scores the answers:
+
+- the prompt is built as LlamaFactory's alpaca format builds the training prompt: the
+  record's system prompt, then one user turn `instruction + "\\n" + input`; the served chat
+  template is LlamaFactory's training template (the merge stage installs it);
+- temperature 0; classification tasks are constrained to their label set with structured
+  outputs (`"structured_outputs": {"choice": labels}`), so the answer is always a label;
+  generation tasks get `evaluate.max_tokens`;
+- at most `evaluate.concurrency` requests in flight (asyncio + httpx), a progress bar;
+  connection errors, 429 and 5xx are retried with exponential backoff (`evaluate.retries`);
+  a request that times out (`evaluate.request_timeout_s`) or still fails is an error in the
+  metrics, never a hang; if the server dies the stage stops at once with the log tail.
+
+Outputs: `metrics/eval.json` (per task: accuracy, macro-F1, weighted-F1, the scikit-learn
+classification report and invalid rate, or ROUGE-1/2/L; the difference to
+`metrics/baseline.json`; latency percentiles and throughput), `metrics/confusion/<task>.csv`
+(rows actual,predicted: DVC's confusion plot) and `<task>.png`, and every prediction in
+`data/eval/predictions.jsonl`.
+
+`python -m stages.evaluate --chat "ticket text"` (`make chat`) triages one ticket with the
+server of `make serve`, with exactly the requests this stage sends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from stages.common import PipelineError, atomic_dir, load_params, write_json, write_text
+from stages.vllm_server import SERVE_INFO, VLLMServer, check_serve_params
+
+MODEL = Path("models/merged")
+PREPARED = Path("data/prepared")
+BASELINE = Path("metrics/baseline.json")
+METRICS = Path("metrics/eval.json")
+CONFUSION = Path("metrics/confusion")  # <task>.csv (DVC confusion plot) and <task>.png
+PREDICTIONS = Path("data/eval/predictions.jsonl")
+SERVER_LOG = Path("runs/evaluate/vllm.log")
+INVALID = "(invalid)"  # an answer outside the label set
+ERROR = "(error)"  # no answer: the request failed or timed out
+BACKOFF_S, BACKOFF_MAX_S = 0.5, 10.0  # first retry delay, doubling up to this
+
+
+class ServerGone(Exception):
+    """The server stopped answering: connections refused after every retry, or many
+    requests in a row without an answer (a wedged server would otherwise cost one
+    request timeout per request)."""
+
+
+# ----------------------------------------------------------------------------- params, data
+
+
+def check_eval_params(cfg: Any) -> dict[str, Any]:
+    """The `evaluate:` section, checked before a server is started."""
+    if not isinstance(cfg, dict):
+        raise PipelineError("params.yaml: missing section evaluate")
+
+    def integer(key: str, minimum: int) -> None:
+        value = cfg.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise PipelineError(
+                f"params.yaml evaluate.{key}: expected an integer >= {minimum}, got {value!r}"
+            )
+
+    integer("concurrency", 1)
+    integer("max_tokens", 1)
+    integer("retries", 0)
+    timeout = cfg.get("request_timeout_s")
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+        raise PipelineError(
+            f"params.yaml evaluate.request_timeout_s: expected a number > 0, got {timeout!r}"
+        )
+    url = cfg.get("base_url")
+    if url is not None and (
+        not isinstance(url, str) or not url.startswith(("http://", "https://"))
+    ):
+        raise PipelineError(f"params.yaml evaluate.base_url: expected null or a URL, got {url!r}")
+    if url and not isinstance(cfg.get("api_key_env"), str):
+        raise PipelineError(
+            "params.yaml evaluate.api_key_env: expected an environment variable name"
+        )
+    return cfg
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise PipelineError(f"{path}: not found (run the prepare stage first)")
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_inputs(tasks: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+    """The test records and the label sets, checked against the tasks of params.yaml."""
+    records = read_jsonl(PREPARED / "test.jsonl")
+    labels_path = PREPARED / "labels.json"
+    if not labels_path.is_file():
+        raise PipelineError(f"{labels_path}: not found (run the prepare stage first)")
+    labels = json.loads(labels_path.read_text(encoding="utf-8"))
+    present = {r["task"] for r in records}
+    for name, task in tasks.items():
+        stale = (task["kind"] == "classification") != (name in labels)
+        if name not in present or stale:
+            raise PipelineError(f"{PREPARED}: task {name} is not as in params.yaml: run prepare")
+    unknown = present - set(tasks)
+    if unknown:
+        raise PipelineError(f"{PREPARED}: task {sorted(unknown)[0]} is not in params.yaml tasks")
+    return records, labels
+
+
+# ----------------------------------------------------------------------------- requests
+
+
+def user_content(record: dict[str, Any]) -> str:
+    """The user turn as LlamaFactory's alpaca converter builds it: the non-empty parts of
+    instruction and input joined by a newline."""
+    return "\n".join(part for part in (record["instruction"], record.get("input")) if part)
+
+
+def messages(record: dict[str, Any]) -> list[dict[str, str]]:
+    """System prompt (if any; else the chat template's default, as in training) + user turn."""
+    turns = [{"role": "system", "content": record["system"]}] if record.get("system") else []
+    return [*turns, {"role": "user", "content": user_content(record)}]
+
+
+def label_max_tokens(labels: list[str]) -> int:
+    """Enough tokens for any label however the model spells it, plus end-of-sequence.
+
+    Structured outputs accept any token sequence that spells a label, and a model may spell
+    one in more tokens than its tokenizer would (a random model spells `account_access` in 8
+    tokens, not 3); every token spells at least one byte, so the longest label's byte length
+    is a safe bound. A trained model stops after the label's own few tokens anyway.
+    """
+    return max(len(label.encode("utf-8")) for label in labels) + 1
+
+
+def request_body(
+    record: dict[str, Any], model: str, labels: list[str] | None, max_tokens: int
+) -> dict[str, Any]:
+    """One chat-completions request: classification constrained to the label set."""
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": messages(record),
+        "temperature": 0.0,
+        "max_tokens": max_tokens,
+    }
+    if labels is not None:
+        body["structured_outputs"] = {"choice": labels}
+        body["max_tokens"] = label_max_tokens(labels)
+    return body
+
+
+@dataclass
+class Outcome:
+    """What came back for one request."""
+
+    content: str | None = None
+    finish_reason: str | None = None
+    output_tokens: int = 0
+    latency_s: float | None = None  # whole request, retries included
+    error: str | None = None
+    attempts: int = 0
+    unanswered: bool = False  # timed out or failed in transport after every retry
+
+
+@dataclass
+class Endpoint:
+    url: str
+    headers: dict[str, str]
+    model: str
+    check: Callable[[], None] | None = None  # raises if the server died (own server only)
+
+
+async def post_chat(
+    client: httpx.AsyncClient, body: dict[str, Any], cfg: dict[str, Any]
+) -> Outcome:
+    """POST one request with retries; errors become an Outcome, except a vanished server."""
+    timeout_s, retries = float(cfg["request_timeout_s"]), int(cfg["retries"])
+    started = time.monotonic()
+    last_error, refused = "", False
+    for attempt in range(retries + 1):
+        if attempt:
+            delay = min(BACKOFF_S * 2 ** (attempt - 1), BACKOFF_MAX_S)
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+        try:
+            async with asyncio.timeout(timeout_s):
+                r = await client.post("/v1/chat/completions", json=body)
+        except (TimeoutError, httpx.TimeoutException):
+            return Outcome(
+                latency_s=time.monotonic() - started,
+                error=f"timeout after {timeout_s:g} s (evaluate.request_timeout_s)",
+                attempts=attempt + 1,
+                unanswered=True,
+            )
+        except httpx.TransportError as e:  # refused, reset, disconnected: transient
+            last_error = f"{type(e).__name__}: {e}".rstrip(": ")
+            refused = isinstance(e, httpx.ConnectError)
+            continue
+        refused = False
+        if r.status_code == 429 or r.status_code >= 500:
+            last_error = f"HTTP {r.status_code}: {r.text[:200]}"
+            continue
+        elapsed = time.monotonic() - started
+        if r.status_code != 200:  # a request the server rejects will not improve with retries
+            return Outcome(
+                latency_s=elapsed,
+                error=f"HTTP {r.status_code}: {r.text[:300]}",
+                attempts=attempt + 1,
+            )
+        try:
+            data = r.json()
+            choice = data["choices"][0]
+            content = choice["message"]["content"] or ""
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            return Outcome(latency_s=elapsed, error=f"bad response: {e!r}", attempts=attempt + 1)
+        usage = data.get("usage") or {}
+        return Outcome(
+            content=content,
+            finish_reason=choice.get("finish_reason"),
+            output_tokens=int(usage.get("completion_tokens") or 0),
+            latency_s=elapsed,
+            attempts=attempt + 1,
+        )
+    if refused:
+        raise ServerGone(last_error)
+    return Outcome(
+        latency_s=time.monotonic() - started,
+        error=f"{last_error} (after {retries} retries)",
+        attempts=retries + 1,
+        unanswered=last_error.startswith(("ConnectError", "RemoteProtocolError", "ReadError")),
+    )
+
+
+async def _send_all(
+    bodies: list[dict[str, Any]], endpoint: Endpoint, cfg: dict[str, Any]
+) -> list[Outcome]:
+    from tqdm import tqdm
+
+    concurrency = int(cfg["concurrency"])
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # asyncio.timeout in post_chat is the authority; httpx's own only as a backstop
+    timeout = httpx.Timeout(float(cfg["request_timeout_s"]) + 5, connect=10)
+    slots = asyncio.Semaphore(concurrency)
+    outcomes: list[Outcome] = [Outcome() for _ in bodies]
+    give_up_after = 2 * concurrency + 2  # unanswered requests in a row (no answer between)
+    streak = [0]
+
+    async def one(i: int) -> None:
+        async with slots:
+            outcomes[i] = outcome = await post_chat(client, bodies[i], cfg)
+        streak[0] = streak[0] + 1 if outcome.unanswered else 0
+        if streak[0] >= give_up_after:
+            raise ServerGone(
+                f"{streak[0]} requests in a row got no answer, the last: {outcome.error}"
+            )
+
+    async def watch(check: Callable[[], None]) -> None:
+        while True:
+            check()  # raises PipelineError (with the server log tail) once the server is dead
+            await asyncio.sleep(0.5)
+
+    async with httpx.AsyncClient(
+        base_url=endpoint.url, headers=endpoint.headers, timeout=timeout, limits=limits
+    ) as client:
+        requests = {asyncio.create_task(one(i)) for i in range(len(bodies))}
+        pending = set(requests)
+        if endpoint.check is not None:
+            pending.add(asyncio.create_task(watch(endpoint.check)))
+        bar = tqdm(total=len(bodies), desc="evaluate", unit="req", file=sys.stderr, mininterval=1)
+        try:
+            while pending & requests:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # re-raises ServerGone, or the watcher's PipelineError
+                    bar.update(1)
+        finally:
+            bar.close()
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+    return outcomes
+
+
+def send_all(
+    records: list[dict[str, Any]],
+    labels: dict[str, list[str]],
+    endpoint: Endpoint,
+    cfg: dict[str, Any],
+) -> tuple[list[Outcome], float]:
+    """Send every record; returns the outcomes (in record order) and the wall time."""
+    bodies = [
+        request_body(r, endpoint.model, labels.get(r["task"]), int(cfg["max_tokens"]))
+        for r in records
+    ]
+    started = time.monotonic()
+    outcomes = asyncio.run(_send_all(bodies, endpoint, cfg))
+    return outcomes, time.monotonic() - started
+
+
+def remote_model(url: str, headers: dict[str, str], preferred: str | None, key_env: str) -> str:
+    """The model name to request from a running server (evaluate.base_url)."""
+    try:
+        r = httpx.get(url + "/v1/models", headers=headers, timeout=30)
+    except httpx.HTTPError as e:
+        raise PipelineError(f"evaluate.base_url {url}: not reachable ({type(e).__name__})") from e
+    if r.status_code in (401, 403):
+        raise PipelineError(
+            f"evaluate.base_url {url}: API key refused (HTTP {r.status_code}); "
+            f"export it in ${key_env} (evaluate.api_key_env)"
+        )
+    try:
+        names = [m["id"] for m in r.json()["data"]] if r.status_code == 200 else []
+    except (ValueError, KeyError, TypeError):
+        names = []
+    if not names:
+        raise PipelineError(f"evaluate.base_url {url}: /v1/models answered HTTP {r.status_code}")
+    if preferred in names:
+        return preferred
+    if len(names) == 1:
+        return names[0]
+    raise PipelineError(
+        f"evaluate.base_url {url} serves {', '.join(names)}: set serve.served_model_name to one"
+    )
+
+
+def normalise_url(url: str) -> str:
+    url = url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def r4(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 4)
+
+
+def shown_label(outcome: Outcome, label_set: set[str]) -> str:
+    """What the confusion matrix shows as predicted: the label, (invalid) or (error)."""
+    if outcome.error is not None:
+        return ERROR
+    answer = (outcome.content or "").strip()
+    return answer if answer in label_set and outcome.finish_reason != "length" else INVALID
+
+
+def score_classification(gold: list[str], shown: list[str], labels: list[str]) -> dict[str, Any]:
+    """Accuracy and F1 as stages/baseline.py computes them; an invalid answer or an error
+    counts as wrong (it lowers its gold class's recall) and in invalid_rate.
+
+    Macro-F1 averages over the labels that occur in gold or in the (valid) predictions,
+    sklearn's default, so a model without invalid answers is scored exactly like the
+    baseline; the (invalid)/(error) markers are not classes of their own.
+    """
+    from sklearn.metrics import accuracy_score, classification_report, f1_score
+
+    label_set = set(labels)
+    present = [x for x in labels if x in set(gold) | set(shown)]
+    present += sorted(set(gold) - label_set)  # gold outside the label set: stale labels.json
+    report = classification_report(gold, shown, labels=present, output_dict=True, zero_division=0)
+    for key in ("accuracy", "micro avg"):  # whichever sklearn adds: accuracy is reported above
+        report.pop(key, None)
+    return {
+        "n": len(gold),
+        "accuracy": r4(accuracy_score(gold, shown)),
+        "macro_f1": r4(f1_score(gold, shown, labels=present, average="macro", zero_division=0)),
+        "weighted_f1": r4(
+            f1_score(gold, shown, labels=present, average="weighted", zero_division=0)
+        ),
+        "invalid_rate": r4(sum(s not in label_set for s in shown) / len(shown)),
+        "errors": sum(s == ERROR for s in shown),
+        "classification_report": {
+            label: {k: r4(v) for k, v in row.items()} for label, row in report.items()
+        },
+    }
+
+
+def score_generation(gold: list[str], outcomes: list[Outcome]) -> dict[str, Any]:
+    """ROUGE-1/2/L F-measure means (rouge-score, stemmed, as stages/baseline.py); a failed
+    request scores 0."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    scores = [
+        scorer.score(g, (o.content or "").strip()) for g, o in zip(gold, outcomes, strict=True)
+    ]
+    metrics: dict[str, Any] = {"n": len(gold)}
+    for name in ("rouge1", "rouge2", "rougeL"):
+        metrics[name] = r4(sum(s[name].fmeasure for s in scores) / len(scores))
+    metrics["error_rate"] = r4(sum(o.error is not None for o in outcomes) / len(outcomes))
+    metrics["errors"] = sum(o.error is not None for o in outcomes)
+    # answers cut at evaluate.max_tokens: if this is high, raise max_tokens
+    metrics["truncated_rate"] = r4(
+        sum(o.finish_reason == "length" for o in outcomes) / len(outcomes)
+    )
+    return metrics
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    import numpy as np
+
+    return r4(float(np.percentile(values, q))) if values else None
+
+
+def delta(current: dict[str, Any], base: dict[str, Any] | None) -> dict[str, float]:
+    """current - baseline for every score both have (accuracy, macro_f1, rouge1, ...)."""
+    if not isinstance(base, dict):
+        return {}
+    keys = ("accuracy", "macro_f1", "weighted_f1", "rouge1", "rouge2", "rougeL")
+    return {
+        k: r4(current[k] - base[k])
+        for k in keys
+        if isinstance(current.get(k), float) and isinstance(base.get(k), int | float)
+    }
+
+
+def score(
+    records: list[dict[str, Any]],
+    outcomes: list[Outcome],
+    tasks: dict[str, Any],
+    labels: dict[str, list[str]],
+    baseline: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, list[dict[str, str]]]]:
+    """Metrics per task, and the confusion rows (actual, predicted) per classification task."""
+    metrics: dict[str, Any] = {}
+    confusion: dict[str, list[dict[str, str]]] = {}
+    for name, task in tasks.items():
+        idx = [i for i, r in enumerate(records) if r["task"] == name]
+        gold = [str(records[i]["output"]) for i in idx]
+        if task["kind"] == "classification":
+            shown = [shown_label(outcomes[i], set(labels[name])) for i in idx]
+            metrics[name] = score_classification(gold, shown, labels[name])
+            confusion[name] = [
+                {"actual": a, "predicted": p} for a, p in zip(gold, shown, strict=True)
+            ]
+        else:
+            metrics[name] = score_generation(gold, [outcomes[i] for i in idx])
+        metrics[name]["delta_vs_baseline"] = delta(metrics[name], baseline.get(name))
+    metrics["test_tickets"] = len({r["id"] for r in records})
+    return metrics, confusion
+
+
+def overall(outcomes: list[Outcome], wall_s: float, startup_s: float | None) -> dict[str, Any]:
+    ok = [o.latency_s for o in outcomes if o.error is None and o.latency_s is not None]
+    tokens = sum(o.output_tokens for o in outcomes)
+    errors = sum(o.error is not None for o in outcomes)
+    return {
+        "requests": len(outcomes),
+        "errors": errors,
+        "error_rate": r4(errors / len(outcomes)),
+        "retried_requests": sum(o.attempts > 1 for o in outcomes),
+        # latency of the successful requests (queueing at the server and retries included)
+        "latency_p50_s": percentile(ok, 50),
+        "latency_p95_s": percentile(ok, 95),
+        "latency_p99_s": percentile(ok, 99),
+        "requests_per_second": r4(len(outcomes) / wall_s),
+        "output_tokens": tokens,
+        "output_tokens_per_second": r4(tokens / wall_s),
+        "wall_time_s": r4(wall_s),  # sending every request, server start-up excluded
+        "server_startup_s": r4(startup_s),  # null when evaluate.base_url is used
+    }
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def write_confusion(folder: Path, task: str, rows: list[dict[str, str]], labels: list[str]) -> None:
+    """<task>.csv for DVC's confusion template and <task>.png (scikit-learn's display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    lines = ["actual,predicted"] + [f"{r['actual']},{r['predicted']}" for r in rows]
+    write_text(folder / f"{task}.csv", "\n".join(lines) + "\n")
+    actual = [r["actual"] for r in rows]
+    predicted = [r["predicted"] for r in rows]
+    order = labels + [x for x in (INVALID, ERROR) if x in predicted]
+    order += sorted(set(actual) - set(order))
+    size = max(5.0, 0.55 * len(order) + 2.5)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay.from_predictions(
+        actual, predicted, labels=order, ax=ax, xticks_rotation="vertical", colorbar=False
+    )
+    ax.set_title(f"{task} (test split, n={len(rows)})")
+    fig.tight_layout()
+    fig.savefig(folder / f"{task}.png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def prediction_rows(records: list[dict[str, Any]], outcomes: list[Outcome]) -> str:
+    lines = []
+    for record, o in zip(records, outcomes, strict=True):
+        row = {
+            "id": record["id"],
+            "task": record["task"],
+            "gold": record["output"],
+            "predicted": o.content.strip() if o.content is not None else None,
+            "latency_s": r4(o.latency_s),
+            "error": o.error,
+            "finish_reason": o.finish_reason,
+            "output_tokens": o.output_tokens,
+        }
+        lines.append(json.dumps(row, ensure_ascii=False))
+    return "\n".join(lines) + "\n"
+
+
+def report(metrics: dict[str, Any], tasks: dict[str, Any]) -> None:
+    for name, task in tasks.items():
+        m = metrics[name]
+        keys = ("accuracy", "macro_f1", "invalid_rate") if task["kind"] == "classification" else (
+            "rouge1", "rouge2", "rougeL", "truncated_rate"
+        )  # fmt: skip
+        line = ", ".join(f"{k} {m[k]:.3f}" for k in keys)
+        d = m["delta_vs_baseline"]
+        if d:
+            line += " (vs baseline: " + ", ".join(f"{k} {v:+.3f}" for k, v in d.items()) + ")"
+        print(f"evaluate {name}: {line}")
+    o = metrics["overall"]
+    print(
+        f"evaluate: {o['requests']} requests in {o['wall_time_s']:.1f} s "
+        f"({o['requests_per_second']:.2f} req/s, {o['output_tokens_per_second']:.1f} output tok/s, "
+        f"p50 {o['latency_p50_s']} s, p95 {o['latency_p95_s']} s), {o['errors']} errors"
+    )
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def run(params: dict[str, Any]) -> None:
+    cfg = check_eval_params(params.get("evaluate"))
+    serve = params.get("serve") or {}
+    tasks = params["tasks"]
+    records, labels = read_inputs(tasks)
+    baseline = json.loads(BASELINE.read_text(encoding="utf-8")) if BASELINE.is_file() else {}
+    if not baseline:
+        print(f"evaluate: {BASELINE} not found: no comparison with the baseline")
+
+    if cfg.get("base_url"):
+        url = normalise_url(cfg["base_url"])
+        key = os.environ.get(cfg["api_key_env"], "")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        model = remote_model(url, headers, serve.get("served_model_name"), cfg["api_key_env"])
+        print(f"evaluate: {len(records)} requests to {url} (model {model!r})", flush=True)
+        try:
+            outcomes, wall_s = send_all(records, labels, Endpoint(url, headers, model), cfg)
+        except ServerGone as e:
+            raise PipelineError(f"evaluate.base_url {url} stopped answering: {e}") from None
+        startup_s = None
+    else:
+        check_serve_params(serve)
+        if cfg["concurrency"] > serve["max_num_seqs"]:
+            print("evaluate: note: concurrency > serve.max_num_seqs: requests queue in vLLM")
+        server = VLLMServer(MODEL, serve, SERVER_LOG)
+        print(
+            f"evaluate: starting vLLM on {MODEL}, dtype {server.dtype} (log: {SERVER_LOG})",
+            flush=True,
+        )
+        with server:
+            print(
+                f"evaluate: vLLM ready at {server.url} in {server.startup_s:.1f} s "
+                f"(pid {server.pid}); {len(records)} requests",
+                flush=True,
+            )
+            endpoint = Endpoint(server.url, server.headers, server.name, server.check_alive)
+            try:
+                outcomes, wall_s = send_all(records, labels, endpoint, cfg)
+            except ServerGone as e:
+                server.check_alive()  # dead: that error, with the log tail
+                raise server.failure(f"vLLM server stopped answering: {e}") from None
+            startup_s = server.startup_s
+        # the server is stopped before scoring
+
+    errors = [o.error for o in outcomes if o.error is not None]
+    if len(errors) == len(outcomes):
+        raise PipelineError(f"every request failed, the first with: {errors[0]}")
+    metrics, confusion = score(records, outcomes, tasks, labels, baseline)
+    metrics["overall"] = overall(outcomes, wall_s, startup_s)
+
+    PREDICTIONS.parent.mkdir(parents=True, exist_ok=True)
+    write_text(PREDICTIONS, prediction_rows(records, outcomes))
+    with atomic_dir(CONFUSION) as tmp:
+        for name, rows in confusion.items():
+            write_confusion(tmp, name, rows, labels[name])
+    write_json(METRICS, metrics)
+    report(metrics, tasks)
+    print(f"evaluate: wrote {METRICS}, {CONFUSION}/, {PREDICTIONS}")
+
+
+def chat(text: str) -> None:
+    """Triage one ticket with every task, using the server of `make serve` (runs/serve.json)
+    or evaluate.base_url, with the same requests the stage sends."""
+    params = load_params()
+    cfg, tasks = params.get("evaluate") or {}, params["tasks"]
+    if cfg.get("base_url"):
+        url = normalise_url(cfg["base_url"])
+        key = os.environ.get(cfg.get("api_key_env") or "", "")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        key_env = cfg.get("api_key_env") or "the API key variable"
+        model = remote_model(url, headers, params["serve"].get("served_model_name"), key_env)
+    elif SERVE_INFO.is_file():
+        info = json.loads(SERVE_INFO.read_text(encoding="utf-8"))
+        url, model = info["url"], info["model"]
+        headers = {"Authorization": f"Bearer {info['api_key']}"}
+    else:
+        raise PipelineError(f"no server: run `make serve` first ({SERVE_INFO} not found)")
+    labels_path = PREPARED / "labels.json"
+    known = json.loads(labels_path.read_text(encoding="utf-8")) if labels_path.is_file() else {}
+    for name, task in tasks.items():
+        task_labels = known.get(name) or [str(x) for x in task.get("labels") or []] or None
+        if task["kind"] == "classification" and not task_labels:
+            raise PipelineError(f"{labels_path}: no labels for task {name} (run prepare)")
+        record = {
+            "system": params["default_system"],
+            "instruction": task["instruction"].replace("{labels}", ", ".join(task_labels or [])),
+            "input": text,
+        }
+        body = request_body(record, model, task_labels, int(cfg.get("max_tokens") or 64))
+        try:
+            r = httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=120)
+        except httpx.HTTPError as e:
+            raise PipelineError(f"{url}: not reachable ({type(e).__name__}): is it running?") from e
+        if r.status_code != 200:
+            raise PipelineError(f"{url}: HTTP {r.status_code}: {r.text[:300]}")
+        print(f"{name}: {r.json()['choices'][0]['message']['content'].strip()}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--chat",
+        nargs="?",
+        const="-",
+        metavar="TEXT",
+        help="triage one ticket with the server of `make serve` (TEXT, else $TICKET or stdin)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        if args.chat is None:
+            run(load_params())
+        else:
+            text = args.chat if args.chat != "-" else os.environ.get("TICKET") or sys.stdin.read()
+            if not text.strip():
+                raise PipelineError('no ticket text: make chat TICKET="Subject: ...\\n\\n..."')
+            chat(text)
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP while the server ran
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(
+            f"error: interrupted ({signal.Signals(signum).name}); vLLM server stopped",
+            file=sys.stderr,
+        )
+        sys.exit(128 + signum)
+
+
+if __name__ == "__main__":
+    main()

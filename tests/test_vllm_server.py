@@ -1,0 +1,459 @@
+"""The vLLM server lifecycle: one-line errors with the log tail, and no process left behind.
+
+Fast tests fail before a server is spawned (missing model, port taken, bad params). The slow
+ones spawn vLLM from the serving environment with the tiny random model; only the SIGINT
+test waits for a full start (30-90 s here). "No process left" is checked two ways: the
+server's process group (the API process leads it; EngineCore and workers are in it) has no
+live member, and no process carries the owner marker the server's environment gets
+(`TICKET_VLLM_OWNER`), which children inherit even if they left the group.
+
+The helpers here (mini workspaces, process scans, the stage as a subprocess) are shared with
+tests/test_evaluate.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stages.common import PipelineError
+from stages.vllm_server import OWNER_ENV, VLLMServer, group_pids
+
+REPO = Path(__file__).resolve().parent.parent
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+# Label sets of the synthetic test records (category's are a subset of the real ones).
+LABELS = {"category": ["billing", "refund", "shipping", "technical_issue"]}
+LABELS["priority"] = [str(x) for x in PARAMS["tasks"]["priority"]["labels"]]
+# Small server for the tiny model; the rest as in params.yaml.
+SERVE = {**PARAMS["serve"], "max_model_len": 1024, "max_num_seqs": 8, "startup_timeout_s": 300}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def owned_processes(owner: int | None = None, under: Path | None = None) -> list[int]:
+    """Live processes whose environment carries the server marker, optionally only those
+    started by `owner` (pid) or running in a folder `under` (their working directory)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
+            cwd = os.readlink(entry / "cwd")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if stat[stat.rindex(")") + 2] in "ZX":  # a zombie runs nothing
+            continue
+        marker = [e.split(b"=", 1)[1] for e in environ if e.startswith(OWNER_ENV.encode() + b"=")]
+        if not marker or (owner is not None and int(marker[0]) != owner):
+            continue
+        if under is not None and not Path(cwd).is_relative_to(under):
+            continue
+        found.append(int(entry.name))
+    return found
+
+
+def leaked_shm(since: float) -> list[str]:
+    """Shared memory (Python multiprocessing's psm_* and sem.mp-* files) created since `since`
+    that no process maps any more: what a vLLM killed the wrong way leaves in /dev/shm (RAM;
+    hundreds of MB each time, seen here)."""
+    mapped = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        with contextlib.suppress(OSError):
+            mapped.update(re.findall(r"/dev/shm/(\S+)", maps.read_text()))
+    leaked = []
+    for f in Path("/dev/shm").glob("*"):
+        with contextlib.suppress(OSError):
+            if f.name.startswith(("psm_", "sem.mp-")) and f.stat().st_mtime >= since:
+                leaked.append(f.name)
+    return sorted(set(leaked) - mapped)
+
+
+def command(pid: int) -> str:
+    """A process's command line ("" if it is gone); vLLM renames its engine VLLM::EngineCore."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
+def task_records(texts: list[str], tasks: tuple[str, ...] = ("category", "priority", "summary")):
+    """Prepared test records (as stages/prepare.py writes them) for the given ticket texts.
+
+    The gold category and priority cycle through the label sets; the gold summary is the
+    ticket's first line.
+    """
+    records = []
+    for i, text in enumerate(texts):
+        gold = {
+            "category": LABELS["category"][i % len(LABELS["category"])],
+            "priority": LABELS["priority"][i % len(LABELS["priority"])],
+            "summary": text.splitlines()[0],
+        }
+        for name in tasks:
+            instruction = PARAMS["tasks"][name]["instruction"]
+            instruction = instruction.replace("{labels}", ", ".join(LABELS.get(name, [])))
+            records.append(
+                {
+                    "id": f"T{i:04d}",
+                    "task": name,
+                    "system": PARAMS["default_system"],
+                    "instruction": instruction,
+                    "input": text,
+                    "output": gold[name],
+                }
+            )
+    return records
+
+
+def set_dotted(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = params
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return params
+
+
+def mini_workspace(
+    root: Path,
+    records: list[dict[str, Any]],
+    model: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    baseline: dict[str, Any] | None = None,
+) -> Path:
+    """A folder the evaluate stage runs in: params.yaml, data/prepared, metrics/baseline.json
+    and models/merged (a link to `model`), without running the pipeline."""
+    params = set_dotted(yaml.safe_load((REPO / "params.yaml").read_text()), overrides or {})
+    tasks = {r["task"] for r in records}
+    params["tasks"] = {k: v for k, v in params["tasks"].items() if k in tasks}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    prepared = root / "data" / "prepared"
+    prepared.mkdir(parents=True)
+    (prepared / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    labels = {k: v for k, v in LABELS.items() if k in tasks}
+    (prepared / "labels.json").write_text(json.dumps(labels))
+    (root / "metrics").mkdir()
+    (root / "metrics" / "baseline.json").write_text(json.dumps(baseline or {}))
+    if model is not None:
+        (root / "models").mkdir()
+        (root / "models" / "merged").symlink_to(model)
+    return root
+
+
+def stage_env(**extra: str) -> dict[str, str]:
+    """The environment DVC would give the stage: this repository's code, both venvs."""
+    return {**os.environ, "PYTHONPATH": str(REPO), **extra}
+
+
+def run_stage(
+    ws: Path, *args: str, timeout: float = 600, **env: str
+) -> subprocess.CompletedProcess:
+    """`python -m stages.evaluate` in a workspace, to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "stages.evaluate", *args],
+        cwd=ws, env=stage_env(**env), capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+class Stage:
+    """`python -m stages.evaluate` running in the background; its output read line by line."""
+
+    def __init__(self, ws: Path, **env: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stages.evaluate"],
+            cwd=ws, env=stage_env(**env), text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        for stream, sink in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr)):
+            threading.Thread(target=self._pump, args=(stream, sink), daemon=True).start()
+
+    def _pump(self, stream, sink: list[str]) -> None:
+        for line in stream:
+            sink.append(line)
+            if sink is self.stdout:
+                self.lines.put(line)
+
+    def wait_for(self, text: str, timeout: float) -> str:
+        """The first stdout line containing `text` (fails if the stage exits first)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            if text in line:
+                return line
+        raise AssertionError(f"no {text!r} in the stage output:\n{self.output()}")
+
+    def finish(self, timeout: float) -> int:
+        rc = self.proc.wait(timeout=timeout)
+        time.sleep(0.2)  # let the pump threads read the last lines
+        return rc
+
+    def output(self) -> str:
+        return "".join(self.stdout) + "--- stderr\n" + "".join(self.stderr)[-4000:]
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr from the `error: ` line on (the progress bar's lines come before it)."""
+    lines = stderr.replace("\r", "\n").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("error: "))
+    return lines[start:]
+
+
+def server_pid(stdout: str) -> int:
+    """The API server's pid (= its process group) from the stage's "vLLM ready" line."""
+    line = next(x for x in stdout.splitlines() if "vLLM ready" in x)
+    return int(line.split("(pid ")[1].split(")")[0])
+
+
+def fake_model(folder: Path) -> Path:
+    """A folder that passes the "is there a model" check (enough for errors before a spawn)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+# A "server" that ignores SIGTERM, as does a child it spawns (as vLLM's API process does
+# while its engine starts): only SIGKILL stops them.
+_STUBBORN_CHILD = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+)
+_STUBBORN = (
+    "import subprocess, sys; "
+    f"subprocess.Popen([sys.executable, '-c', {_STUBBORN_CHILD!r}]); exec({_STUBBORN_CHILD!r})"
+)
+
+
+class StubbornServer(VLLMServer):
+    """The lifecycle of VLLMServer around a stand-in that never becomes healthy."""
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", _STUBBORN]
+
+
+def wait_until(predicate, timeout: float) -> float:
+    """Seconds until predicate() held (fails after timeout)."""
+    started = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - started < timeout, "timed out"
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+# ----------------------------------------------------------------------------- fast
+
+
+def test_command_comes_from_params(tmp_path: Path) -> None:
+    server = VLLMServer(fake_model(tmp_path / "m"), {**SERVE, "port": 8123}, tmp_path / "log")
+    cmd = server.command()
+    assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    flags = dict(zip(cmd[3::2], cmd[4::2], strict=False))
+    assert flags["--model"] == str((tmp_path / "m").resolve())
+    assert flags["--host"] == "127.0.0.1" and flags["--port"] == "8123"
+    assert flags["--max-model-len"] == "1024" and flags["--max-num-seqs"] == "8"
+    assert flags["--served-model-name"] == SERVE["served_model_name"]
+    assert "--enforce-eager" in cmd and "--enable-prefix-caching" in cmd
+    assert server.api_key not in " ".join(cmd)  # the key travels in the environment
+    env = server.env()
+    assert env["VLLM_API_KEY"] == server.api_key
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == str(SERVE["cpu_kvcache_space_gib"])
+    assert env[OWNER_ENV] == str(os.getpid())
+    off = VLLMServer(tmp_path / "m", {**SERVE, "enable_prefix_caching": False}, tmp_path / "l")
+    assert "--no-enable-prefix-caching" in off.command()
+
+
+def test_bf16_is_served_as_float32_where_the_cpu_only_emulates_it(monkeypatch) -> None:
+    from stages import vllm_server
+
+    monkeypatch.setattr(vllm_server.shutil, "which", lambda name: None)  # no GPU
+    monkeypatch.setattr(vllm_server, "cpu_has_bf16", lambda: False)
+    assert vllm_server.serving_dtype("bfloat16") == "float32"
+    assert vllm_server.serving_dtype("float16") == "float16"
+    monkeypatch.setattr(vllm_server, "cpu_has_bf16", lambda: True)
+    assert vllm_server.serving_dtype("bfloat16") == "bfloat16"
+    monkeypatch.setattr(vllm_server.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    monkeypatch.setattr(vllm_server, "cpu_has_bf16", lambda: False)
+    assert vllm_server.serving_dtype("bfloat16") == "bfloat16"  # a GPU computes bf16
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("max_num_seqs", 0), ("port", 70000), ("startup_timeout_s", "soon")]
+)
+def test_bad_serve_params_fail_in_one_line(tmp_path: Path, key: str, value: object) -> None:
+    with pytest.raises(PipelineError, match=f"params.yaml serve.{key}"):
+        VLLMServer(tmp_path, {**SERVE, key: value}, tmp_path / "log")
+
+
+def test_stop_kills_what_ignores_sigterm(tmp_path: Path) -> None:
+    params = {**SERVE, "startup_timeout_s": 2, "shutdown_timeout_s": 1}
+    server = StubbornServer(fake_model(tmp_path / "m"), params, tmp_path / "log")
+    started = time.monotonic()
+    with pytest.raises(PipelineError, match="not healthy after 2 s"), server:
+        pass
+    assert time.monotonic() - started < 2 + 1 + 5  # grace period, then SIGKILL
+    assert server.pid is not None and group_pids(server.pid) == []
+    assert owned_processes(owner=os.getpid()) == []
+
+
+def test_owner_killed_outright_leaves_no_server(tmp_path: Path) -> None:
+    """SIGKILL of the process that started the server (no cleanup code runs there): the
+    watchdog stops the server's group."""
+    model, log = fake_model(tmp_path / "m"), tmp_path / "log"
+    script = (
+        f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
+        "from tests.test_vllm_server import SERVE, StubbornServer\n"
+        f"params = {{**SERVE, 'startup_timeout_s': 600, 'shutdown_timeout_s': 1}}\n"
+        f"StubbornServer({str(model)!r}, params, {str(log)!r}).start()\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path)
+    try:
+        wait_until(lambda: len(owned_processes(owner=owner.pid)) == 2, timeout=60)
+    finally:
+        owner.kill()
+        owner.wait()
+    assert wait_until(lambda: owned_processes(owner=owner.pid) == [], timeout=20) < 1 + 5
+
+
+def test_missing_model_is_one_line_and_spawns_nothing(tmp_path: Path) -> None:
+    ws = mini_workspace(tmp_path, task_records(["Subject: a\n\nb"]))  # no models/merged
+    proc = run_stage(ws, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        "error: models/merged: no model to serve (no config.json there)"
+    ]
+    assert owned_processes(under=ws) == []
+
+
+def test_port_taken_by_another_listener_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        ws = mini_workspace(
+            tmp_path,
+            task_records(["Subject: a\n\nb"]),
+            model=fake_model(tmp_path / "model"),
+            overrides={"serve.port": port},
+        )
+        proc = run_stage(ws, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"error: serve.port {port}: 127.0.0.1:{port} is already in use by another listener "
+        "(set serve.port: null to pick a free port)"
+    ]
+    assert not (ws / "runs").exists()  # no server was started: no log either
+    assert owned_processes(under=ws) == []
+
+
+# ----------------------------------------------------------------------------- slow
+
+
+@pytest.mark.slow
+def test_server_never_healthy_times_out_with_log_tail(tiny_model: Path, tmp_path: Path) -> None:
+    server = VLLMServer(tiny_model, {**SERVE, "startup_timeout_s": 3}, tmp_path / "vllm.log")
+    since = time.time()
+    started = time.monotonic()
+    with pytest.raises(PipelineError) as err, server:
+        pass
+    assert time.monotonic() - started < 3 + 15  # a starting server gets no grace period
+    first, *tail = str(err.value).splitlines()
+    log = tmp_path / "vllm.log"
+    assert first == f"vLLM server not healthy after 3 s (serve.startup_timeout_s) (log: {log})"
+    assert tail and all(line.startswith("  | ") for line in tail)
+    assert server.pid is not None and group_pids(server.pid) == []
+    assert owned_processes(owner=os.getpid()) == []
+    assert leaked_shm(since) == []
+
+
+@pytest.mark.slow
+def test_server_crashing_at_start_up_shows_the_log(tmp_path: Path) -> None:
+    """A model vLLM cannot load: the server exits during start-up, and the error says so."""
+    model = tmp_path / "broken"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "no_such_architecture"}')
+    server = VLLMServer(model, SERVE, tmp_path / "vllm.log")
+    with pytest.raises(PipelineError) as err, server:
+        pass
+    first, *tail = str(err.value).splitlines()
+    assert first.startswith("vLLM server exited with code ") and "during start-up" in first
+    assert any("no_such_architecture" in line for line in tail), tail
+    assert server.pid is not None and group_pids(server.pid) == []
+
+
+@pytest.mark.slow
+def test_sigterm_during_start_up_leaves_no_process(tiny_model: Path, tmp_path: Path) -> None:
+    """SIGTERM (e.g. from a job scheduler) once vLLM has spawned its engine process."""
+    ws = mini_workspace(tmp_path, task_records(["Subject: a\n\nb"]), model=tiny_model)
+    since = time.time()
+    stage = Stage(ws)
+    deadline = time.monotonic() + 240
+    while not any(command(pid).startswith("VLLM::EngineCore") for pid in owned_processes(under=ws)):
+        assert stage.proc.poll() is None, stage.output()
+        assert time.monotonic() < deadline, "vLLM never spawned its engine"
+        time.sleep(0.5)
+    stage.proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    rc = stage.finish(timeout=SERVE["shutdown_timeout_s"] + 30)
+    assert rc == 128 + signal.SIGTERM, stage.output()
+    assert time.monotonic() - sent < 15  # no grace period for a server still starting
+    assert error_lines("".join(stage.stderr)) == [
+        "error: interrupted (SIGTERM); vLLM server stopped"
+    ]
+    assert owned_processes(under=ws) == []
+    assert leaked_shm(since) == []  # the engine's shared memory went with it
+
+
+@pytest.mark.slow
+def test_sigint_during_the_run_stops_everything(tiny_model: Path, tmp_path: Path) -> None:
+    """Ctrl-C while requests are in flight: exit 130 at once, the whole server group gone."""
+    texts = [
+        f"Subject: Ticket {i}\n\nPlease write a long reply about item {i}." for i in range(200)
+    ]
+    ws = mini_workspace(
+        tmp_path,
+        task_records(texts, tasks=("summary",)),  # 200 x 64 tokens: minutes at concurrency 2
+        model=tiny_model,
+        overrides={"serve": SERVE, "evaluate.concurrency": 2},
+    )
+    since = time.time()
+    stage = Stage(ws)
+    pid = server_pid(stage.wait_for("vLLM ready", timeout=300))
+    assert len(group_pids(pid)) >= 2  # API server + EngineCore (+ worker) in one group
+    time.sleep(2)  # requests in flight
+    assert stage.proc.poll() is None, "the run finished before the interrupt"
+    stage.proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    rc = stage.finish(timeout=SERVE["shutdown_timeout_s"] + 30)
+    assert rc == 130, stage.output()
+    assert time.monotonic() - sent < SERVE["shutdown_timeout_s"] + 15
+    assert error_lines("".join(stage.stderr)) == [
+        "error: interrupted (SIGINT); vLLM server stopped"
+    ]
+    assert group_pids(pid) == []
+    assert owned_processes(under=ws) == []
+    assert leaked_shm(since) == []
+    assert not (ws / "metrics" / "eval.json").exists()
