@@ -64,6 +64,20 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def param_integer(value: Any, name: str, minimum: int) -> int:
+    """A params.yaml integer (YAML's true/false are not integers here, though Python says so)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise PipelineError(f"params.yaml {name}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def param_positive(value: Any, name: str) -> float:
+    """A params.yaml number > 0 (not a boolean)."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        raise PipelineError(f"params.yaml {name}: expected a number > 0, got {value!r}")
+    return value
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Write a file atomically (temporary file in the same folder, then rename)."""
     path = Path(path)

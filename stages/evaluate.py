@@ -42,7 +42,15 @@ from typing import Any
 
 import httpx
 
-from stages.common import PipelineError, atomic_dir, load_params, write_json, write_text
+from stages.common import (
+    PipelineError,
+    atomic_dir,
+    load_params,
+    param_integer,
+    param_positive,
+    write_json,
+    write_text,
+)
 from stages.vllm_server import SERVE_INFO, VLLMServer, check_serve_params
 
 MODEL = Path("models/merged")
@@ -71,21 +79,9 @@ def check_eval_params(cfg: Any) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise PipelineError("params.yaml: missing section evaluate")
 
-    def integer(key: str, minimum: int) -> None:
-        value = cfg.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise PipelineError(
-                f"params.yaml evaluate.{key}: expected an integer >= {minimum}, got {value!r}"
-            )
-
-    integer("concurrency", 1)
-    integer("max_tokens", 1)
-    integer("retries", 0)
-    timeout = cfg.get("request_timeout_s")
-    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
-        raise PipelineError(
-            f"params.yaml evaluate.request_timeout_s: expected a number > 0, got {timeout!r}"
-        )
+    for key, minimum in (("concurrency", 1), ("max_tokens", 1), ("retries", 0)):
+        param_integer(cfg.get(key), f"evaluate.{key}", minimum)
+    param_positive(cfg.get("request_timeout_s"), "evaluate.request_timeout_s")
     url = cfg.get("base_url")
     if url is not None and (
         not isinstance(url, str) or not url.startswith(("http://", "https://"))

@@ -23,7 +23,15 @@ from typing import Any
 
 import pandas as pd
 
-from stages.common import PipelineError, atomic_dir, load_params, run_main, write_json, write_text
+from stages.common import (
+    PipelineError,
+    atomic_dir,
+    load_params,
+    param_integer,
+    run_main,
+    write_json,
+    write_text,
+)
 
 OUT = Path("data/prepared")
 METRICS = Path("metrics/data.json")
@@ -50,13 +58,6 @@ def fraction(value: Any, name: str, allow_zero: bool = False) -> float:
             f"params.yaml {name}: expected a fraction between 0 and 1, got {value!r}"
         )
     return float(value)
-
-
-def integer(value: Any, name: str, minimum: int) -> int:
-    """A params integer (YAML's true/false are not integers here, though Python says so)."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise PipelineError(f"params.yaml {name}: expected an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def check_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -128,11 +129,11 @@ def check_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict
     fraction(params.get("val_size", 0), "val_size", allow_zero=True)
     if prep["test_size"] + params.get("val_size", 0) >= 1:
         raise PipelineError("params.yaml prepare.test_size + val_size: nothing left to train on")
-    integer(prep.get("max_chars"), "prepare.max_chars", 1)
-    integer(prep.get("min_per_class"), "prepare.min_per_class", 2)  # stratifying needs 2
-    integer(params.get("seed"), "seed", 0)
+    param_integer(prep.get("max_chars"), "prepare.max_chars", 1)
+    param_integer(prep.get("min_per_class"), "prepare.min_per_class", 2)  # stratifying needs 2
+    param_integer(params.get("seed"), "seed", 0)
     if prep.get("max_tickets") is not None:
-        integer(prep["max_tickets"], "prepare.max_tickets", 1)
+        param_integer(prep["max_tickets"], "prepare.max_tickets", 1)
     return {**prep, "text_template": template}, tasks
 
 

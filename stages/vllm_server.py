@@ -50,6 +50,8 @@ from stages.common import (
     PipelineError,
     cpu_has_bf16,
     load_params,
+    param_integer,
+    param_positive,
     serve_python,
     write_text,
 )
@@ -186,16 +188,12 @@ def check_serve_params(params: Any) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise PipelineError("params.yaml: missing section serve")
     for key in ("max_model_len", "max_num_seqs"):
-        value = params.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise PipelineError(f"params.yaml serve.{key}: expected an integer >= 1, got {value!r}")
+        param_integer(params.get(key), f"serve.{key}", 1)
     port = params.get("port")
     if port is not None and (not isinstance(port, int) or not 0 < port < 65536):
         raise PipelineError(f"params.yaml serve.port: expected null or a TCP port, got {port!r}")
     for key in ("startup_timeout_s", "cpu_kvcache_space_gib"):
-        value = params.get(key, 1)
-        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-            raise PipelineError(f"params.yaml serve.{key}: expected a number > 0, got {value!r}")
+        param_positive(params.get(key, 1), f"serve.{key}")
     return params
 
 
