@@ -51,12 +51,12 @@ test: setup  ## run the test suite
 	python -m pytest $(PYTEST_ARGS)
 
 lint:  ## ruff
-	ruff check stages tests data
-	ruff format --check stages tests data
+	ruff check stages tests data bench
+	ruff format --check stages tests data bench
 
 format:  ## apply ruff's fixes and formatting
-	ruff check --fix stages tests data
-	ruff format stages tests data
+	ruff check --fix stages tests data bench
+	ruff format stages tests data bench
 
 clean:  ## remove pipeline outputs (not the environments, not the DVC cache)
 	rm -rf models/base models/adapter models/merged data/prepared data/eval runs
@@ -99,3 +99,15 @@ report: $(VENV)/.installed  ## reports/report.md: workspace vs experiments, curv
 BASE ?= main
 pr-report:  ## reports/pr.md: dvc params/metrics/plots diff against BASE (default main)
 	python -m stages.report --pr $(BASE)
+
+# Benchmarks (bench/): scripts that measure, not tests. About an hour on 2 CPU cores.
+# TICKETS = test tickets per comparison (x 3 tasks; 0 = the whole test set), REPEATS = runs.
+.PHONY: bench
+TICKETS ?= 40
+REPEATS ?= 3
+bench: setup  ## measure serving, evaluation and pipeline speed -> BENCHMARKS.md
+	dvc repro
+	BENCH_TICKETS=$(TICKETS) BENCH_REPEATS=$(REPEATS) python -m bench.eval_speed
+	BENCH_TICKETS=$(TICKETS) BENCH_REPEATS=$(REPEATS) python -m bench.serving
+	BENCH_REPEATS=$(REPEATS) python -m bench.pipeline
+	python -m bench.report

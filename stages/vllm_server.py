@@ -194,6 +194,8 @@ def check_serve_params(params: Any) -> dict[str, Any]:
         raise PipelineError(f"params.yaml serve.port: expected null or a TCP port, got {port!r}")
     for key in ("startup_timeout_s", "cpu_kvcache_space_gib"):
         param_positive(params.get(key, 1), f"serve.{key}")
+    if params.get("cpu_num_of_reserved_cpu") is not None:
+        param_integer(params["cpu_num_of_reserved_cpu"], "serve.cpu_num_of_reserved_cpu", 0)
     return params
 
 
@@ -256,6 +258,9 @@ class VLLMServer:
         env = dict(os.environ)
         env["VLLM_API_KEY"] = self.api_key  # not on the command line, where `ps` shows it
         env["VLLM_CPU_KVCACHE_SPACE"] = str(self.params.get("cpu_kvcache_space_gib", 1))
+        reserved = self.params.get("cpu_num_of_reserved_cpu")
+        if reserved is not None:  # null: vLLM's own choice (one core for its scheduler)
+            env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(reserved)
         env.setdefault("VLLM_LOGGING_LEVEL", "INFO")
         env[OWNER_ENV] = str(os.getpid())  # lets tests (and people) find the server's processes
         # the serving environment must not see the pipeline environment's packages

@@ -284,6 +284,15 @@ def test_command_comes_from_params(tmp_path: Path) -> None:
     assert env[OWNER_ENV] == str(os.getpid())
     off = VLLMServer(tmp_path / "m", {**SERVE, "enable_prefix_caching": False}, tmp_path / "l")
     assert "--no-enable-prefix-caching" in off.command()
+    default = VLLMServer(tmp_path / "m", {**SERVE, "cpu_num_of_reserved_cpu": None}, tmp_path)
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in default.env()  # null: vLLM's own choice
+    extra = {
+        "cpu_num_of_reserved_cpu": 0,
+        "extra_args": ["--structured-outputs-config.backend", "guidance"],
+    }
+    tuned = VLLMServer(tmp_path / "m", {**SERVE, **extra}, tmp_path / "l")
+    assert tuned.env()["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    assert tuned.command()[-2:] == extra["extra_args"]
 
 
 def test_bf16_is_served_as_float32_where_the_cpu_only_emulates_it(monkeypatch) -> None:
@@ -301,7 +310,13 @@ def test_bf16_is_served_as_float32_where_the_cpu_only_emulates_it(monkeypatch) -
 
 
 @pytest.mark.parametrize(
-    ("key", "value"), [("max_num_seqs", 0), ("port", 70000), ("startup_timeout_s", "soon")]
+    ("key", "value"),
+    [
+        ("max_num_seqs", 0),
+        ("port", 70000),
+        ("startup_timeout_s", "soon"),
+        ("cpu_num_of_reserved_cpu", -1),
+    ],
 )
 def test_bad_serve_params_fail_in_one_line(tmp_path: Path, key: str, value: object) -> None:
     with pytest.raises(PipelineError, match=f"params.yaml serve.{key}"):

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that measure and report figures (`make bench` -> BENCHMARKS.md)."""

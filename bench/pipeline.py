@@ -1,0 +1,169 @@
+"""Pipeline speed on the embedded default, in a fresh copy of the repository (own git, own
+DVC cache; the workspace is not touched):
+
+- (e) `dvc repro` from nothing, per stage (from DVC's "Running stage" lines, timestamped as
+  they arrive: a stage's time includes DVC saving its outputs);
+- (c) `dvc repro` with nothing to do (BENCH_NOOP_REPEATS runs, default 5), and
+  `dvc exp run -S lora_rank=<half>`: which stages rerun, and the time outside them;
+- (d) the train stage (`python -m stages.train`, DVC's command) against the command it runs,
+  `llamafactory-cli train configs/train.yaml ...`, typed by hand, alternately, BENCH_REPEATS
+  times each: LlamaFactory's samples/s and tokens/s, wall time and peak memory.
+
+    python -m bench.pipeline
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.common import ROOT, WORK, repeats, save, spread, timed
+from stages.train import command as train_command
+from stages.train import summarise
+
+STAGE_LINE = re.compile(r"Running stage '(\w+)'")
+
+
+def copy_repo(dest: Path) -> Path:
+    """The project's files (tracked, or new and not ignored) in a new git repo + commit."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split("\0")  # fmt: skip
+    for rel in filter(None, files):
+        if (ROOT / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+    for cmd in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "bench"]):
+        subprocess.run([*git, *cmd], cwd=dest, check=True)
+    return dest
+
+
+def dvc_timed(args: list[str], cwd: Path) -> tuple[float, dict[str, float], str]:
+    """Run `dvc ARGS`, timestamping its output lines: (wall s, {stage: s}, output)."""
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", *args], cwd=cwd, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    marks: list[tuple[str, float]] = []
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if m := STAGE_LINE.search(line):
+            marks.append((m.group(1), time.monotonic()))
+    proc.wait()
+    end = time.monotonic()
+    output = "".join(lines)
+    if proc.returncode != 0:
+        sys.stderr.write(output[-4000:])
+        raise SystemExit(f"bench: dvc {' '.join(args)} exited {proc.returncode}")
+    stages = {
+        name: round((marks[i + 1][1] if i + 1 < len(marks) else end) - t, 1)
+        for i, (name, t) in enumerate(marks)
+    }
+    return end - started, stages, output
+
+
+def whole_pipeline(ws: Path) -> dict[str, Any]:
+    wall, stages, _ = dvc_timed(["repro"], ws)
+    print(f"  dvc repro from nothing: {wall:.0f} s {stages}", flush=True)
+    return {"wall_s": round(wall, 1), "stages_s": stages}
+
+
+def noop_repro(ws: Path) -> dict[str, Any]:
+    runs = []
+    for _ in range(int(os.environ.get("BENCH_NOOP_REPEATS", "5"))):
+        wall, stages, output = dvc_timed(["repro"], ws)
+        if stages:
+            raise SystemExit(f"bench: a no-op dvc repro ran {sorted(stages)}")
+        runs.append(wall)
+    print(f"  no-op dvc repro: {spread(runs)}", flush=True)
+    return {"wall_s": spread(runs), "last_output": output.strip().splitlines()[-1]}
+
+
+def experiment(ws: Path) -> dict[str, Any]:
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    rank = max(1, int(params["lora_rank"]) // 2)
+    wall, stages, output = dvc_timed(["exp", "run", "-S", f"lora_rank={rank}"], ws)
+    skipped = sorted(set(re.findall(r"Stage '(\w+)' didn't change, skipping", output)))
+    print(f"  dvc exp run -S lora_rank={rank}: {wall:.0f} s, ran {stages}", flush=True)
+    subprocess.run(["git", "checkout", "-q", "--", "."], cwd=ws, check=True)
+    dvc_timed(["checkout", "--force"], ws)  # back to the baseline's outputs
+    return {
+        "override": f"lora_rank={rank}",
+        "wall_s": round(wall, 1),
+        "ran": stages,
+        "skipped": skipped,
+        "outside_stages_s": round(wall - sum(stages.values()), 1),
+    }
+
+
+def train_parity(ws: Path, n: int) -> dict[str, Any]:
+    """The train stage vs its LlamaFactory command typed by hand, alternately."""
+    config = yaml.safe_load((ws / "configs/train.yaml").read_text())
+    env = {**os.environ, "PYTHONPATH": str(ws)}
+    hand_dir = ws / "runs" / "hand"
+    cwd = Path.cwd()
+    os.chdir(ws)  # train_command() builds paths relative to the repository
+    try:
+        cmd, hand_env = train_command(config, {})
+    finally:
+        os.chdir(cwd)
+    hand_cmd = [*cmd, f"output_dir={hand_dir}"]
+    hand_env = {**hand_env, "TENSORBOARD_LOGGING_DIR": str(hand_dir / "tensorboard")}
+    rows: dict[str, list[dict[str, Any]]] = {"stage": [], "hand": []}
+    for i in range(n):
+        for who in ("stage", "hand") if i % 2 == 0 else ("hand", "stage"):
+            if who == "stage":
+                argv = ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "stages.train"]
+                wall, proc = timed(argv, cwd=ws, env=env)
+                m = json.loads((ws / "metrics/train.json").read_text())
+            else:
+                shutil.rmtree(hand_dir, ignore_errors=True)
+                wall, proc = timed(["/usr/bin/time", "-f", "%M", *hand_cmd], cwd=ws, env=hand_env)
+                m = summarise(hand_dir, wall, 0.0)
+            peak_mb = int(proc.stderr.strip().splitlines()[-1]) / 1024
+            rows[who].append({"wall_s": wall, "peak_rss_mb": peak_mb,
+                              "samples_per_s": m["train_samples_per_second"],
+                              "tokens_per_s": m.get("train_tokens_per_second"),
+                              "train_loss": m["train_loss"]})  # fmt: skip
+            print(f"  train ({who}): {rows[who][-1]}", flush=True)
+    out: dict[str, Any] = {"hand_command": " ".join(hand_cmd)}
+    for who, runs in rows.items():
+        out[who] = {k: spread([r[k] for r in runs]) for k in runs[0] if runs[0][k] is not None}
+    for k in ("samples_per_s", "tokens_per_s"):
+        if k in out["stage"] and k in out["hand"]:
+            out[f"{k}_stage_vs_hand"] = round(
+                out["stage"][k]["median"] / out["hand"][k]["median"], 3
+            )
+    return out
+
+
+def main() -> None:
+    ws = copy_repo(WORK / "pipeline-workspace")
+    n = repeats()
+    print(f"bench pipeline: fresh copy in {ws}", flush=True)
+    results: dict[str, Any] = {"whole": whole_pipeline(ws)}
+    results["noop_repro"] = noop_repro(ws)
+    results["experiment"] = experiment(ws)
+    results["train"] = train_parity(ws, n)
+    results["repeats"] = n
+    save("pipeline", results)
+
+
+if __name__ == "__main__":
+    main()

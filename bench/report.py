@@ -1,0 +1,219 @@
+"""Render bench/results/*.json into BENCHMARKS.md (`make bench` runs this last).
+
+Only measured figures appear: a section whose results file is missing says so. Each figure is
+a median of several runs with the min-max spread, unless the table says "1 run".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.common import ROOT, load
+from stages.common import write_text
+
+OUT = ROOT / "BENCHMARKS.md"
+
+
+def mm(s: dict[str, Any] | None, fmt: str = "{:.2f}") -> str:
+    """median (min-max) of a spread()."""
+    if not s:
+        return "-"
+    if len(s["runs"]) == 1:
+        return fmt.format(s["median"]) + " (1 run)"
+    return f"{fmt.format(s['median'])} ({fmt.format(s['min'])}-{fmt.format(s['max'])})"
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "**not met**")
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    gpu = m.get("gpu") or "no GPU"
+    flags = ", ".join(m.get("cpu_flags") or [])
+    return (
+        f"{m.get('cpus')} cores ({m.get('cpu', '?')}; {flags}), {m.get('memory_gib')} GiB, {gpu}; "
+        f"Python {m.get('python')}, torch {m.get('torch')}, transformers {m.get('transformers')}, "
+        f"LlamaFactory {m.get('llamafactory')}, vLLM {m.get('vllm')}, DVC {m.get('dvc')}"
+    )
+
+
+def goals(serving: dict | None, pipeline: dict | None) -> list[str]:
+    a = serving and serving["served_vs_llamafactory"]
+    b = serving and serving["served_vs_offline"]
+    c = pipeline and pipeline["noop_repro"]["wall_s"]["median"]
+    d = pipeline and pipeline["train"].get("samples_per_s_stage_vs_hand")
+    rows = [
+        "| Goal | Target | Measured | |",
+        "|---|---|---|---|",
+        f"| (a) served evaluation vs LlamaFactory generation | >= 3x | "
+        f"{f'{a}x' if a else '-'} | {verdict(a >= 3 if a else None)} |",
+        f"| (b) served / offline vLLM throughput | >= 0.85 | {b or '-'} | "
+        f"{verdict(b >= 0.85 if b else None)} |",
+        f"| (c) no-op `dvc repro` | < 2 s | {f'{c:.2f} s' if c else '-'} | "
+        f"{verdict(c < 2 if c else None)} |",
+        f"| (d) train stage vs `llamafactory-cli train` by hand (samples/s) | within 3% | "
+        f"{f'{d:.3f}' if d else '-'} | {verdict(round(abs(d - 1), 6) <= 0.03 if d else None)} |",
+    ]
+    return rows
+
+
+def serving_section(r: dict[str, Any] | None) -> list[str]:
+    out = ["## (a), (b) Serving: vLLM served vs offline vs LlamaFactory", ""]
+    if not r:
+        return [*out, "Not measured yet: `python -m bench.serving`.", ""]
+    s = r["settings"]
+    out += [
+        f"{r['records']} test requests ({r['records'] // 3} tickets x 3 tasks), "
+        f"{r['repeats']} passes per path, the same merged model. Served: "
+        f"max_num_seqs {s['serve']['max_num_seqs']}, concurrency {s['evaluate']['concurrency']}, "
+        f"dtype {r['served']['dtype']}; LlamaFactory: batch {r['llamafactory']['batch_size']}, "
+        f"dtype {r['llamafactory']['dtype']}, greedy, max_new_tokens "
+        f"{s['evaluate']['max_tokens']}.",
+        "",
+        "| Path | requests/s | output tokens/s | generation wall s | cold pass s | "
+        "start-up / load s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, label in (
+        ("served", "vLLM server + evaluate client (the pipeline)"),
+        ("offline", "vLLM offline `LLM.chat`"),
+    ):
+        p = r[name]
+        out.append(
+            f"| {label} | {mm(p['requests_per_s'])} | {mm(p['output_tokens_per_s'], '{:.1f}')} | "
+            f"{mm(p['wall_s'], '{:.1f}')} | {p['cold_wall_s']:.1f} | {p['startup_s']} |"
+        )
+    lf = r["llamafactory"]
+    load_s = lf["wall_incl_load_s"]["median"] - lf["predict_runtime_s"]["median"]
+    out += [
+        f"| LlamaFactory `do_predict` + `predict_with_generate` | {mm(lf['requests_per_s'])} | - | "
+        f"{mm(lf['predict_runtime_s'], '{:.1f}')} | (every run) | {load_s:.1f} |",
+        "",
+        f"- served / LlamaFactory: **{r['served_vs_llamafactory']}x** requests/s. One whole "
+        "evaluation from nothing, as the evaluate stage runs it (server start-up + cold pass, "
+        f"against LlamaFactory's whole command with its model load): "
+        f"{r['served_vs_llamafactory_incl_startup']}x.",
+        f"- served / offline: **{r['served_vs_offline']}** (the cost of HTTP, JSON and our "
+        "client).",
+        "",
+    ]
+    return out
+
+
+def pipeline_section(r: dict[str, Any] | None) -> list[str]:
+    out = ["## (c), (d), (e) The pipeline", ""]
+    if not r:
+        return [*out, "Not measured yet: `python -m bench.pipeline`.", ""]
+    w = r["whole"]
+    out += [
+        "### (e) `dvc repro` of the embedded default from nothing (fresh copy, 1 run)",
+        "",
+        "| Stage | s |",
+        "|---|---|",
+        *[f"| {k} | {v:.0f} |" for k, v in w["stages_s"].items()],
+        f"| **whole `dvc repro`** | **{w['wall_s']:.0f}** ({w['wall_s'] / 60:.1f} min) |",
+        "",
+        "A stage's time runs from DVC's `Running stage` line to the next one, so it includes "
+        "DVC hashing and caching its outputs.",
+        "",
+    ]
+    n, e = r["noop_repro"], r["experiment"]
+    out += [
+        "### (c) DVC overhead",
+        "",
+        f"- `dvc repro` with nothing to do: {mm(n['wall_s'])} s (`{n['last_output']}`).",
+        f"- `dvc exp run -S {e['override']}`: reran {', '.join(e['ran'])}; skipped "
+        f"{', '.join(e['skipped']) or '-'}; {e['wall_s']:.0f} s in all, of which "
+        f"{e['outside_stages_s']:.1f} s outside the stages (DVC start, experiment set-up, "
+        "saving the experiment).",
+        "",
+    ]
+    t = r["train"]
+    out += [
+        f"### (d) Train stage vs the same LlamaFactory command by hand ({r['repeats']} runs "
+        "each, alternating)",
+        "",
+        f"By hand: `{t['hand_command']}`",
+        "",
+        "| | samples/s | tokens/s | wall s | peak RSS MB |",
+        "|---|---|---|---|---|",
+    ]
+    for who, label in (("stage", "`python -m stages.train` (DVC's command)"), ("hand", "by hand")):
+        x = t[who]
+        out.append(
+            f"| {label} | {mm(x['samples_per_s'], '{:.3f}')} | "
+            f"{mm(x.get('tokens_per_s'), '{:.1f}')} | {mm(x['wall_s'], '{:.1f}')} | "
+            f"{mm(x['peak_rss_mb'], '{:.0f}')} |"
+        )
+    out += [
+        "",
+        f"Stage / hand: samples/s {t.get('samples_per_s_stage_vs_hand')}, tokens/s "
+        f"{t.get('tokens_per_s_stage_vs_hand')}. The stage's extra wall time is its own work "
+        "(fingerprint, copying the adapter, the loss-curve CSV, metrics).",
+        "",
+    ]
+    return out
+
+
+def eval_speed_section(r: dict[str, Any] | None) -> list[str]:
+    out = ["## Making evaluation fast", ""]
+    if not r:
+        return [*out, "Not measured yet: `python -m bench.eval_speed`.", ""]
+    out += [
+        f"The evaluate stage's own path (server + client), {r['records']} requests; one server "
+        "start per setting, requests/s over several passes after a warm-up pass; the scores "
+        "(of the last pass) show whether a setting changed the answers.",
+        "",
+        "| Setting | requests/s | output tokens/s | p50 / p95 latency s | start-up s | "
+        "category acc | priority acc | summary ROUGE-L |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in r["rows"]:
+        sc = row["scores"]
+        out.append(
+            f"| {row['variant']} | {mm(row['requests_per_s'])} | "
+            f"{row['output_tokens_per_second']:.1f} | {row['latency_p50_s']:.2f} / "
+            f"{row['latency_p95_s']:.2f} | {row['server_startup_s']:.1f} | "
+            f"{sc.get('category', {}).get('accuracy', '-')} | "
+            f"{sc.get('priority', {}).get('accuracy', '-')} | "
+            f"{sc.get('summary', {}).get('rougeL', '-')} |"
+        )
+    return [*out, ""]
+
+
+def main() -> None:
+    serving, pipeline, speed = load("serving"), load("pipeline"), load("eval_speed")
+    machines = {machine_line(r["machine"]) for r in (serving, pipeline, speed) if r}
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `make bench` (`python -m bench.report` renders `bench/results/*.json`). "
+        "Medians of several runs with the min-max spread in brackets. Sizes: BENCH_TICKETS "
+        "test tickets (default 40, x 3 tasks), BENCH_REPEATS runs (default 3).",
+        "",
+        "Measured on: " + " | ".join(sorted(machines)) if machines else "Nothing measured yet.",
+        "",
+        "## Goals",
+        "",
+        *goals(serving, pipeline),
+        "",
+        *serving_section(serving),
+        *pipeline_section(pipeline),
+        *eval_speed_section(speed),
+        "## Reproduce",
+        "",
+        "```",
+        "make bench                      # all of it, then BENCHMARKS.md",
+        "python -m bench.eval_speed      # one part (with .venv on PATH, as make does)",
+        "python -m bench.serving",
+        "python -m bench.pipeline",
+        "python -m bench.report",
+        "```",
+        "",
+    ]
+    write_text(OUT, "\n".join(lines))
+    print(f"bench: wrote {OUT.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The benchmark scripts' own logic (the measurements themselves run in `make bench`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.common import bench_records, spread
+from bench.report import goals, mm
+
+
+def test_spread_is_median_and_range() -> None:
+    s = spread([3.0, 1.0, 2.0, 10.0])
+    assert (s["median"], s["min"], s["max"]) == (2.5, 1.0, 10.0)
+    assert mm(s) == "2.50 (1.00-10.00)"
+    assert mm(spread([4.0])) == "4.00 (1 run)"
+
+
+def test_bench_records_keep_every_task_of_a_ticket(tmp_path: Path, monkeypatch) -> None:
+    rows = [{"id": f"T{i // 3}", "task": ("a", "b", "c")[i % 3]} for i in range(12)]
+    path = tmp_path / "test.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv("BENCH_TICKETS", "2")
+    assert [(r["id"], r["task"]) for r in bench_records(path)] == [
+        ("T0", "a"), ("T0", "b"), ("T0", "c"), ("T1", "a"), ("T1", "b"), ("T1", "c"),
+    ]  # fmt: skip
+    monkeypatch.setenv("BENCH_TICKETS", "0")
+    assert len(bench_records(path)) == 12
+
+
+@pytest.mark.parametrize(
+    ("served_vs_lf", "served_vs_offline", "noop_s", "stage_vs_hand", "verdicts"),
+    [
+        (4.2, 0.91, 1.2, 0.99, ["met", "met", "met", "met"]),
+        (2.5, 0.80, 2.4, 0.95, ["**not met**"] * 4),
+        (3.0, 0.85, 1.9, 1.03, ["met", "met", "met", "met"]),
+    ],
+)
+def test_goals_compare_with_the_issue_targets(
+    served_vs_lf, served_vs_offline, noop_s, stage_vs_hand, verdicts
+) -> None:
+    serving = {"served_vs_llamafactory": served_vs_lf, "served_vs_offline": served_vs_offline}
+    pipeline = {
+        "noop_repro": {"wall_s": spread([noop_s])},
+        "train": {"samples_per_s_stage_vs_hand": stage_vs_hand},
+    }
+    rows = goals(serving, pipeline)[2:]
+    assert [r.rstrip(" |").rsplit("| ", 1)[1] for r in rows] == verdicts
+    assert all(r.endswith("| n/a |") for r in goals(None, None)[2:])
