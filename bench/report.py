@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import yaml
+
 from bench.common import ROOT, load
 from stages.common import write_text
 
@@ -25,6 +27,14 @@ def mm(s: dict[str, Any] | None, fmt: str = "{:.2f}") -> str:
 
 def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("met" if ok else "**not met**")
+
+
+STAGES = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
+
+
+def stage_order(names: Any) -> list[str]:
+    """Stage names in dvc.yaml's order (results files store them sorted)."""
+    return sorted(names, key=lambda n: STAGES.index(n) if n in STAGES else len(STAGES))
 
 
 def machine_line(m: dict[str, Any]) -> str:
@@ -110,11 +120,16 @@ def pipeline_section(r: dict[str, Any] | None) -> list[str]:
         "",
         "| Stage | s |",
         "|---|---|",
-        *[f"| {k} | {v:.0f} |" for k, v in w["stages_s"].items()],
+        *[f"| {k} | {w['stages_s'][k]:.0f} |" for k in stage_order(w["stages_s"])],
         f"| **whole `dvc repro`** | **{w['wall_s']:.0f}** ({w['wall_s'] / 60:.1f} min) |",
         "",
         "A stage's time runs from DVC's `Running stage` line to the next one, so it includes "
-        "DVC hashing and caching its outputs.",
+        "DVC hashing and caching its outputs. "
+        + (
+            f"Skipped: {', '.join(skipped)} (their outputs are committed and match dvc.lock)."
+            if (skipped := [x for x in stage_order(STAGES) if x not in w["stages_s"]])
+            else ""
+        ),
         "",
     ]
     n, e = r["noop_repro"], r["experiment"]
@@ -122,7 +137,7 @@ def pipeline_section(r: dict[str, Any] | None) -> list[str]:
         "### (c) DVC overhead",
         "",
         f"- `dvc repro` with nothing to do: {mm(n['wall_s'])} s (`{n['last_output']}`).",
-        f"- `dvc exp run -S {e['override']}`: reran {', '.join(e['ran'])}; skipped "
+        f"- `dvc exp run -S {e['override']}`: reran {', '.join(stage_order(e['ran']))}; skipped "
         f"{', '.join(e['skipped']) or '-'}; {e['wall_s']:.0f} s in all, of which "
         f"{e['outside_stages_s']:.1f} s outside the stages (DVC start, experiment set-up, "
         "saving the experiment).",
@@ -148,8 +163,10 @@ def pipeline_section(r: dict[str, Any] | None) -> list[str]:
     out += [
         "",
         f"Stage / hand: samples/s {t.get('samples_per_s_stage_vs_hand')}, tokens/s "
-        f"{t.get('tokens_per_s_stage_vs_hand')}. The stage's extra wall time is its own work "
-        "(fingerprint, copying the adapter, the loss-curve CSV, metrics).",
+        f"{t.get('tokens_per_s_stage_vs_hand')} (LlamaFactory's own figures; the spread of "
+        "either is wider than the difference). The stage's extra wall time is its own work: "
+        "Python start-up and imports (torch, to count GPUs), the fingerprint, copying the "
+        "adapter, the loss-curve CSV and metrics.",
         "",
     ]
     return out
@@ -178,7 +195,27 @@ def eval_speed_section(r: dict[str, Any] | None) -> list[str]:
             f"{sc.get('priority', {}).get('accuracy', '-')} | "
             f"{sc.get('summary', {}).get('rougeL', '-')} |"
         )
+    out += ["", *compile_trade_off(r["rows"])]
     return [*out, ""]
+
+
+def compile_trade_off(rows: list[dict[str, Any]]) -> list[str]:
+    """When does torch.compile's longer start-up pay for itself? (evaluate's case)"""
+    eager = next((r for r in rows if r["variant"] == "params.yaml as committed"), None)
+    compiled = next((r for r in rows if not r["serve"].get("enforce_eager", True)), None)
+    if not eager or not compiled or not eager["serve"].get("enforce_eager", True):
+        return []
+    extra_s = compiled["server_startup_s"] - eager["server_startup_s"]
+    saved_per_request = (
+        1 / eager["requests_per_s"]["median"] - 1 / compiled["requests_per_s"]["median"]
+    )
+    if saved_per_request <= 0:
+        return [f"Compiled start-up costs {extra_s:.0f} s more and saves nothing per request."]
+    return [
+        f"Compiled vs eager: {extra_s:.0f} s more start-up, "
+        f"{saved_per_request * 1000:.1f} ms less per request: it pays off after "
+        f"{extra_s / saved_per_request:,.0f} requests; the evaluate stage sends 3 per test ticket."
+    ]
 
 
 def main() -> None:
