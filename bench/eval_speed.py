@@ -17,10 +17,9 @@ import os
 import time
 from typing import Any
 
-from bench.common import WORK, bench_records, repeats, save, spread
+from bench.common import WORK, bench_records, repeats, save, served_passes, spread
 from stages.common import load_params
-from stages.evaluate import Endpoint, overall, read_inputs, score, send_all
-from stages.vllm_server import VLLMServer
+from stages.evaluate import overall, read_inputs, score
 
 # (name, what changes relative to the session-1 settings). Session 1 shipped: max_num_seqs 8,
 # concurrency 8, vLLM's CPU reservation (1 of 2 cores for the engine's scheduler), prefix
@@ -70,22 +69,15 @@ def merged(params: dict[str, Any], changes: dict[str, Any] | None) -> dict[str, 
     return out
 
 
-def measure(params: dict[str, Any], records: list[dict[str, Any]], n: int) -> dict[str, Any]:
-    """Start a server with these params, send every record n + 1 times; the first pass
-    warms up, the last gives the latencies and scores."""
-    _, labels = read_inputs(params["tasks"])
-    server = VLLMServer("models/merged", params["serve"], WORK / "eval_speed_vllm.log")
-    walls = []
-    with server:
-        endpoint = Endpoint(server.url, server.headers, server.name, server.check_alive)
-        for _ in range(n + 1):  # the first pass is cold (new batch shapes): not counted
-            outcomes, wall_s = send_all(records, labels, endpoint, params["evaluate"])
-            walls.append(wall_s)
-        walls = walls[1:]
-        startup_s = server.startup_s
+def measure(
+    params: dict[str, Any], records: list[dict[str, Any]], labels: dict[str, list[str]], n: int
+) -> dict[str, Any]:
+    """Requests/s over n warm passes; latencies and scores from the last one."""
+    server, passes = served_passes(params, records, labels, n, WORK / "eval_speed_vllm.log")
+    wall_s, outcomes = passes[-1]
     metrics, _ = score(records, outcomes, params["tasks"], labels, {})
-    stats = overall(outcomes, wall_s, startup_s)
-    stats["requests_per_s"] = spread([len(records) / w for w in walls])
+    stats = overall(outcomes, wall_s, server.startup_s)
+    stats["requests_per_s"] = spread([len(records) / w for w, _ in passes[1:]])
     stats["scores"] = {
         name: {k: m[k] for k in ("accuracy", "macro_f1", "rougeL", "truncated_rate") if k in m}
         for name, m in metrics.items()
@@ -97,6 +89,7 @@ def measure(params: dict[str, Any], records: list[dict[str, Any]], n: int) -> di
 def main() -> None:
     params = load_params()
     records = bench_records()
+    _, labels = read_inputs(params["tasks"])
     only = os.environ.get("BENCH_VARIANTS")  # e.g. "0,1,7": a subset while iterating
     rows = []
     for i, (name, changes) in enumerate(VARIANTS):
@@ -105,7 +98,7 @@ def main() -> None:
         variant = merged(params, changes)
         print(f"bench eval_speed [{i}] {name}", flush=True)
         started = time.monotonic()
-        stats = measure(variant, records, repeats())
+        stats = measure(variant, records, labels, repeats())
         stats["total_s"] = round(time.monotonic() - started, 1)
         print(
             f"  {stats['requests_per_s']} req/s, start-up {stats['server_startup_s']} s, "

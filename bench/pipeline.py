@@ -122,12 +122,7 @@ def train_parity(ws: Path, n: int) -> dict[str, Any]:
     config = yaml.safe_load((ws / "configs/train.yaml").read_text())
     env = {**os.environ, "PYTHONPATH": str(ws)}
     hand_dir = ws / "runs" / "hand"
-    cwd = Path.cwd()
-    os.chdir(ws)  # train_command() builds paths relative to the repository
-    try:
-        cmd, hand_env = train_command(config, {})
-    finally:
-        os.chdir(cwd)
+    cmd, hand_env = train_command(config, {})  # the stage's command line, relative paths
     hand_cmd = [*cmd, f"output_dir={hand_dir}"]
     hand_env = {**hand_env, "TENSORBOARD_LOGGING_DIR": str(hand_dir / "tensorboard")}
     rows: dict[str, list[dict[str, Any]]] = {"stage": [], "hand": []}

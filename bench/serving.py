@@ -28,43 +28,48 @@ from typing import Any
 
 import yaml
 
-from bench.common import ROOT, WORK, bench_records, repeats, save, spread, timed
+from bench.common import (
+    MERGED,
+    ROOT,
+    WORK,
+    bench_records,
+    repeats,
+    save,
+    served_passes,
+    spread,
+    timed,
+)
 from stages.common import cpu_has_bf16, load_params, serve_python, write_text
-from stages.evaluate import Endpoint, read_inputs, request_body, send_all
+from stages.evaluate import read_inputs, request_body
 from stages.vllm_server import VLLMServer
 
-MODEL = ROOT / "models" / "merged"
 
-
-def served(params: dict[str, Any], records: list[dict[str, Any]], n: int) -> dict[str, Any]:
-    _, labels = read_inputs(params["tasks"])
-    server = VLLMServer(MODEL, params["serve"], WORK / "serving_vllm.log")
-    passes = []
-    with server:
-        endpoint = Endpoint(server.url, server.headers, server.name, server.check_alive)
-        for _ in range(n + 1):  # pass 0 is cold: new batch shapes, the evaluate stage's case
-            outcomes, wall = send_all(records, labels, endpoint, params["evaluate"])
-            errors = sum(o.error is not None for o in outcomes)
-            if errors:
-                raise SystemExit(f"bench: {errors} served requests failed")
-            passes.append((wall, sum(o.output_tokens for o in outcomes)))
-    cold, passes = passes[0], passes[1:]
+def served(
+    params: dict[str, Any], records: list[dict[str, Any]], labels: dict[str, list[str]], n: int
+) -> dict[str, Any]:
+    server, passes = served_passes(params, records, labels, n, WORK / "serving_vllm.log")
+    for _, outcomes in passes:
+        if errors := sum(o.error is not None for o in outcomes):
+            raise SystemExit(f"bench: {errors} served requests failed")
+    (cold, _), timed_passes = passes[0], passes[1:]
+    tokens = [(w, sum(o.output_tokens for o in out)) for w, out in timed_passes]
     return {
         "startup_s": round(server.startup_s or 0, 1),
-        "cold_wall_s": round(cold[0], 2),
-        "wall_s": spread([w for w, _ in passes]),
-        "requests_per_s": spread([len(records) / w for w, _ in passes]),
-        "output_tokens_per_s": spread([t / w for w, t in passes]),
+        "cold_wall_s": round(cold, 2),
+        "wall_s": spread([w for w, _ in tokens]),
+        "requests_per_s": spread([len(records) / w for w, _ in tokens]),
+        "output_tokens_per_s": spread([t / w for w, t in tokens]),
         "dtype": server.dtype,
     }
 
 
-def offline(params: dict[str, Any], records: list[dict[str, Any]], n: int) -> dict[str, Any]:
-    _, labels = read_inputs(params["tasks"])
-    server = VLLMServer(MODEL, params["serve"], WORK / "unused.log")  # its dtype and env
+def offline(
+    params: dict[str, Any], records: list[dict[str, Any]], labels: dict[str, list[str]], n: int
+) -> dict[str, Any]:
+    server = VLLMServer(MERGED, params["serve"], WORK / "unused.log")  # its dtype and env
     p = params["serve"]
     engine = {
-        "model": str(MODEL),
+        "model": str(MERGED),
         "dtype": server.dtype,
         "max_model_len": p["max_model_len"],
         "max_num_seqs": p["max_num_seqs"],
@@ -99,7 +104,9 @@ def offline(params: dict[str, Any], records: list[dict[str, Any]], n: int) -> di
     }
 
 
-def llamafactory(params: dict[str, Any], records: list[dict[str, Any]], n: int) -> dict[str, Any]:
+def llamafactory(
+    params: dict[str, Any], records: list[dict[str, Any]], labels: dict[str, list[str]], n: int
+) -> dict[str, Any]:
     data = WORK / "data"
     data.mkdir(parents=True, exist_ok=True)
     write_text(data / "bench_test.jsonl", "".join(json.dumps(r) + "\n" for r in records))
@@ -108,7 +115,7 @@ def llamafactory(params: dict[str, Any], records: list[dict[str, Any]], n: int) 
                "file_name": "bench_test.jsonl"}}))  # fmt: skip
     output_dir = WORK / "lf_predict"
     config = {
-        "model_name_or_path": str(MODEL),
+        "model_name_or_path": str(MERGED),
         "stage": "sft",
         "do_predict": True,
         "predict_with_generate": True,
@@ -149,12 +156,13 @@ def main() -> None:
     params = load_params()
     WORK.mkdir(parents=True, exist_ok=True)
     records = bench_records()
+    _, labels = read_inputs(params["tasks"])
     n = repeats()
     print(f"bench serving: {len(records)} requests, {n} passes per path", flush=True)
     results: dict[str, Any] = {"records": len(records), "repeats": n}
     for name, fn in (("served", served), ("offline", offline), ("llamafactory", llamafactory)):
         started = time.monotonic()
-        results[name] = fn(params, records, n)
+        results[name] = fn(params, records, labels, n)
         print(f"  {name}: {results[name]['requests_per_s']} ({time.monotonic() - started:.0f} s)")
     med = {k: results[k]["requests_per_s"]["median"] for k in ("served", "offline", "llamafactory")}
     results["served_vs_llamafactory"] = round(med["served"] / med["llamafactory"], 2)
