@@ -47,16 +47,34 @@ def test_converted_model_generates_with_transformers(base_workspace: Path) -> No
 
 @pytest.mark.slow
 def test_converted_model_is_served_by_vllm(base_workspace: Path, tmp_path: Path) -> None:
-    serve = {"max_model_len": 1024, "max_num_seqs": 4, "dtype": "bfloat16"}
-    with VLLMServer(base_workspace / "models" / "base", serve, tmp_path / "vllm.log") as server:
+    """vLLM serves the converted weights: teacher-forced log-probabilities of a fixed text
+    agree with transformers'. Both compute in float32, whatever the CPU, so the comparison
+    does not hang on a greedy answer that one dtype may flip."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = base_workspace / "models" / "base"
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    text = tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False)
+    ids = tokenizer(text + "The capital of France is Paris.")["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].float()
+    expected = torch.log_softmax(logits, dim=-1)[:-1].gather(1, torch.tensor(ids[1:])[:, None])
+
+    serve = {"max_model_len": 1024, "max_num_seqs": 4, "dtype": "float32"}
+    with VLLMServer(folder, serve, tmp_path / "vllm.log") as server:
         reply = httpx.post(
-            server.url + "/v1/chat/completions",
+            server.url + "/v1/completions",
             headers=server.headers,
-            json={"model": server.name, "messages": QUESTION, "max_tokens": 12, "temperature": 0},
+            json={"model": server.name, "prompt": ids, "max_tokens": 1, "prompt_logprobs": 0},
             timeout=120,
         ).json()
         pid = server.proc.pid
-    assert "Paris" in reply["choices"][0]["message"]["content"]
+    served = reply["choices"][0]["prompt_logprobs"][1:]  # the first token has no context
+    served = [entry[str(token)]["logprob"] for entry, token in zip(served, ids[1:], strict=True)]
+    diff = (torch.tensor(served) - expected[:, 0]).abs()
+    assert diff.max() < 0.05, f"served and transformers log-probs differ by up to {diff.max()}"
     assert not Path(f"/proc/{pid}").exists()
 
 

@@ -173,6 +173,18 @@ def run_stage(
     )  # fmt: skip
 
 
+def default_signal_dispositions() -> None:
+    """Give the child the signal dispositions of a foreground command.
+
+    A shell starts background jobs (`make test &`, nohup, some CI runners) with SIGINT and
+    SIGQUIT ignored, and a child inherits that: Python then installs no KeyboardInterrupt
+    handler and the stage would rightly ignore Ctrl-C. The signal tests must not depend on
+    how pytest itself was launched.
+    """
+    for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 class Stage:
     """`python -m stages.evaluate` running in the background; its output read line by line."""
 
@@ -181,6 +193,7 @@ class Stage:
             [sys.executable, "-m", "stages.evaluate"],
             cwd=ws, env=stage_env(**env), text=True,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            preexec_fn=default_signal_dispositions,
         )  # fmt: skip
         self.lines: queue.Queue[str] = queue.Queue()
         self.stdout: list[str] = []
