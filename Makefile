@@ -111,3 +111,7 @@ bench: setup  ## measure serving, evaluation and pipeline speed -> BENCHMARKS.md
 	BENCH_TICKETS=$(TICKETS) BENCH_REPEATS=$(REPEATS) python -m bench.serving
 	BENCH_REPEATS=$(REPEATS) python -m bench.pipeline
 	python -m bench.report
+
+.PHONY: readme
+readme:  ## copy metrics/scores.md (the compare stage's table) into README.md
+	python -m stages.compare --readme README.md

@@ -30,7 +30,7 @@ def main() -> None:
             temperature=0.0,
             max_tokens=r["max_tokens"],
             seed=spec["engine"].get("seed"),
-            structured_outputs=StructuredOutputsParams(choice=r["choice"]) if r["choice"] else None,
+            structured_outputs=r["structured"] and StructuredOutputsParams(**r["structured"]),
         )
         for r in spec["requests"]
     ]

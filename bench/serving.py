@@ -78,12 +78,11 @@ def offline(
     }
     if p.get("enable_prefix_caching") is not None:
         engine["enable_prefix_caching"] = bool(p["enable_prefix_caching"])
-    requests = []
-    for r in records:
-        body = request_body(r, "", labels.get(r["task"]), int(params["evaluate"]["max_tokens"]))
-        choice = body.get("structured_outputs", {}).get("choice")
-        requests.append({"messages": body["messages"], "max_tokens": body["max_tokens"],
-                         "choice": choice})  # fmt: skip
+    requests = [
+        {"messages": b["messages"], "max_tokens": b["max_tokens"],
+         "structured": b.get("structured_outputs")}
+        for b in budgets(records, labels, params)
+    ]  # fmt: skip
     spec, result = WORK / "offline_spec.json", WORK / "offline_result.json"
     spec.write_text(json.dumps({"engine": engine, "requests": requests, "passes": n + 1}))
     env = server.env()
@@ -102,6 +101,13 @@ def offline(
         "requests_per_s": spread([len(records) / p["wall_s"] for p in passes]),
         "output_tokens_per_s": spread([p["output_tokens"] / p["wall_s"] for p in passes]),
     }
+
+
+def budgets(
+    records: list[dict[str, Any]], labels: dict[str, list[str]], params: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The evaluate stage's request bodies (messages, token budget, answer constraint)."""
+    return [request_body(r, "", labels, int(params["evaluate"]["max_tokens"])) for r in records]
 
 
 def llamafactory(
@@ -126,7 +132,8 @@ def llamafactory(
         "eval_dataset": "bench_test",
         "cutoff_len": params["cutoff_len"],
         "per_device_eval_batch_size": params["per_device_eval_batch_size"],
-        "max_new_tokens": int(params["evaluate"]["max_tokens"]),
+        # the served requests' own token budget: both stop at end-of-sequence or there
+        "max_new_tokens": max(r["max_tokens"] for r in budgets(records, labels, params)),
         "do_sample": False,  # greedy, like temperature 0 in the served requests
         "output_dir": str(output_dir),
         "overwrite_output_dir": True,

@@ -1,10 +1,13 @@
 """Stage baseline: what a user would try before fine-tuning an LLM, on exactly the same split.
 
 Each classification task gets TF-IDF word n-grams + logistic regression (scikit-learn),
-fitted on the train split's ticket texts and scored on the test split (accuracy, macro-F1,
-weighted-F1). Each generation task gets an extractive answer taken from the ticket itself
-(its first line or first sentence), scored with ROUGE-1/2/L. The evaluate stage scores the
-fine-tuned model the same way, so `metrics/baseline.json` is the bar it has to clear.
+fitted on training ticket texts and scored on the test split, twice: on every training
+ticket (`tfidf_all_tickets`), and on exactly the tickets the LoRA model trains on, the
+first `max_samples` records of the training split (`tfidf_lora_tickets`), so that the
+model is compared like for like. `majority` always answers the most frequent training
+label. Each generation task gets an extractive answer taken from the ticket itself (its
+first line or first sentence), scored with ROUGE-1/2/L. Scores and their bootstrap
+intervals come from stages/scoring.py, as the evaluate stage's do.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from stages import scoring
 from stages.common import PipelineError, load_params, run_main, write_json
 
 PREPARED = Path("data/prepared")
@@ -24,14 +28,23 @@ SUBJECT_LABEL = re.compile(r"^\s*subject\s*:\s*", re.IGNORECASE)  # "Subject: " 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s")
 
 
-def read_split(name: str) -> pd.DataFrame:
-    """One prepared split as a table of records (id, task, input, output)."""
+def read_records(name: str) -> list[dict[str, Any]]:
+    """One prepared split's records, in file order."""
     path = PREPARED / f"{name}.jsonl"
     if not path.is_file():
         raise PipelineError(f"{path}: not found (run the prepare stage first)")
     with path.open(encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    return pd.DataFrame(records, columns=["id", "task", "input", "output"])
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def task_rows(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """(id, task, input, output) per task a record answers, whatever the record layout."""
+    rows = [
+        {"id": r["id"], "task": name, "input": r["input"], "output": r["answers"][name]}
+        for r in records
+        for name in r["tasks"]
+    ]
+    return pd.DataFrame(rows, columns=["id", "task", "input", "output"])
 
 
 def first_line(text: str) -> str:
@@ -49,11 +62,10 @@ def first_sentence(text: str) -> str:
 EXTRACTORS = {"first_line": first_line, "first_sentence": first_sentence}
 
 
-def classify(train: pd.DataFrame, test: pd.DataFrame, params: dict[str, Any]) -> dict[str, float]:
+def tfidf(train: pd.DataFrame, test: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
     """TF-IDF + logistic regression, fitted on train, scored on test."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, f1_score
     from sklearn.pipeline import Pipeline
 
     vectorizer = TfidfVectorizer(
@@ -65,31 +77,21 @@ def classify(train: pd.DataFrame, test: pd.DataFrame, params: dict[str, Any]) ->
         model.fit(train["input"], train["output"])
     except ValueError as e:  # e.g. one class only, or min_df pruned every term
         raise PipelineError(
-            f"baseline: cannot fit on the train split: {e} (params.yaml baseline)"
+            f"baseline: cannot fit on {train['id'].nunique()} training tickets: {e} "
+            "(params.yaml baseline, max_samples)"
         ) from e
-    gold, predicted = test["output"], model.predict(test["input"])
-    # Macro-F1 over the labels that occur in gold or predictions (sklearn's default).
-    return {
-        "accuracy": accuracy_score(gold, predicted),
-        "macro_f1": f1_score(gold, predicted, average="macro", zero_division=0),
-        "weighted_f1": f1_score(gold, predicted, average="weighted", zero_division=0),
-    }
+    return scoring.classification(test["output"].tolist(), model.predict(test["input"]).tolist())
 
 
-def summarise(test: pd.DataFrame, source: str) -> dict[str, float]:
+def majority(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, Any]:
+    """The most frequent training label for every test ticket."""
+    label = train["output"].value_counts().index[0]
+    return scoring.classification(test["output"].tolist(), [label] * len(test))
+
+
+def extractive(test: pd.DataFrame, source: str) -> dict[str, Any]:
     """An extractive summary from the ticket text, scored against the gold summary."""
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-    extract = EXTRACTORS[source]
-    scores = [
-        scorer.score(gold, extract(text))
-        for text, gold in zip(test["input"], test["output"], strict=True)
-    ]
-    return {
-        name: sum(s[name].fmeasure for s in scores) / len(scores)
-        for name in ("rouge1", "rouge2", "rougeL")
-    }
+    return scoring.rouge(test["output"].tolist(), [EXTRACTORS[source](t) for t in test["input"]])
 
 
 def main() -> None:
@@ -104,9 +106,14 @@ def main() -> None:
     if not labels_path.is_file():
         raise PipelineError(f"{labels_path}: not found (run the prepare stage first)")
     labels = json.loads(labels_path.read_text(encoding="utf-8"))  # the classification tasks
-    train, test = read_split("train"), read_split("test")
+    train_records = read_records("train")
+    train, test = task_rows(train_records), task_rows(read_records("test"))
+    # LlamaFactory trains on the first max_samples records of the training file
+    lora_ids = {r["id"] for r in train_records[: params.get("max_samples") or None]}
+    lora_train = train[train["id"].isin(lora_ids)]
 
-    metrics: dict[str, Any] = {}
+    rows: dict[str, dict[str, Any]] = {"tfidf_all_tickets": {}, "tfidf_lora_tickets": {}}
+    rows["majority"] = {}
     for name, task in tasks.items():
         train_task, test_task = train[train["task"] == name], test[test["task"] == name]
         # Params changed since the prepare run (by hand; DVC would have re-run it).
@@ -114,13 +121,21 @@ def main() -> None:
         if train_task.empty or test_task.empty or stale:
             raise PipelineError(f"{PREPARED}: task {name} is not as in params.yaml: run prepare")
         if task["kind"] == "classification":
-            scores = classify(train_task, test_task, config)
-        else:
-            scores = summarise(test_task, config["summary_source"])
-        metrics[name] = {k: round(float(v), 4) for k, v in scores.items()}
-        print(f"baseline {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics[name].items()))
-    metrics["test_tickets"] = int(test["id"].nunique())
-    write_json(METRICS, metrics)
+            rows["tfidf_all_tickets"][name] = tfidf(train_task, test_task, config)
+            rows["tfidf_lora_tickets"][name] = tfidf(
+                lora_train[lora_train["task"] == name], test_task, config
+            )
+            rows["majority"][name] = majority(train_task, test_task)
+        else:  # extractive: needs no training, the same for both TF-IDF rows
+            scores = extractive(test_task, config["summary_source"])
+            rows["tfidf_all_tickets"][name] = rows["tfidf_lora_tickets"][name] = scores
+    for row, scores in rows.items():
+        for name, s in scores.items():
+            shown = ("macro_f1", "accuracy") if "macro_f1" in s else ("rougeL", "rouge1")
+            print(f"baseline {row} {name}: " + ", ".join(f"{k} {s[k]:.3f}" for k in shown))
+    rows["tfidf_all_tickets"]["train_tickets"] = int(train["id"].nunique())
+    rows["tfidf_lora_tickets"]["train_tickets"] = len(lora_ids)
+    write_json(METRICS, {**rows, "test_tickets": int(test["id"].nunique())})
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def train_config(params: dict[str, Any]) -> dict[str, Any]:
         "output_dir": "runs/train",  # checkpoints; the train stage moves the result to models/
         "overwrite_cache": True,
         "plot_loss": False,  # the train stage writes DVC plots from trainer_log.jsonl instead
-        "include_num_input_tokens_seen": True,  # tokens/s in the metrics
+        "include_num_input_tokens_seen": "non_padding",  # tokens/s of real tokens, not padding
     }
     config.update(llamafactory_args(params))
     if params.get("eval_strategy", "no") == "no":

@@ -4,20 +4,21 @@ Starts a vLLM OpenAI-compatible server on `models/merged/` (`stages/vllm_server.
 the running server at `evaluate.base_url`), sends every record of `data/prepared/test.jsonl`
 to `/v1/chat/completions` and scores the answers:
 
-- the prompt is built as LlamaFactory's alpaca format builds the training prompt: the
-  record's system prompt, then one user turn `instruction + "\\n" + input`; the served chat
-  template is LlamaFactory's training template (the merge stage installs it);
-- temperature 0; classification tasks are constrained to their label set with structured
-  outputs (`"structured_outputs": {"choice": labels}`), so the answer is always a label;
-  generation tasks get `evaluate.max_tokens`;
+- the prompt is built by stages/records.py, the module prepare built the training records
+  with: the record's system prompt, then one user turn `instruction + "\\n" + input`; the
+  served chat template is LlamaFactory's training template (the merge stage installs it);
+- temperature 0; the answer is constrained with structured outputs to the record's shape:
+  a label of the set for a classification task, one `name: answer` line per task for a
+  record that answers all tasks at once (a regular expression), so every label is valid;
+  generation answers get `evaluate.max_tokens` each;
 - at most `evaluate.concurrency` requests in flight (asyncio + httpx), a progress bar;
   connection errors, 429 and 5xx are retried with exponential backoff (`evaluate.retries`);
   a request that times out (`evaluate.request_timeout_s`) or still fails is an error in the
   metrics, never a hang; if the server dies the stage stops at once with the log tail.
 
 Outputs: `metrics/eval.json` (per task: accuracy, macro-F1, weighted-F1, the scikit-learn
-classification report and invalid rate, or ROUGE-1/2/L; the difference to
-`metrics/baseline.json`; latency percentiles and throughput), `metrics/confusion/<task>.csv`
+classification report and invalid rate, or ROUGE-1/2/L, with bootstrap intervals;
+latency percentiles and throughput), `metrics/confusion/<task>.csv`
 (rows actual,predicted: DVC's confusion plot) and `<task>.png`, and every prediction in
 `data/eval/predictions.jsonl`.
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import random
@@ -42,6 +44,7 @@ from typing import Any
 
 import httpx
 
+from stages import scoring
 from stages.common import (
     PipelineError,
     atomic_dir,
@@ -51,11 +54,12 @@ from stages.common import (
     write_json,
     write_text,
 )
+from stages.records import constraint, messages, parse_answer, records_for_ticket
+from stages.scoring import r4
 from stages.vllm_server import SERVE_INFO, VLLMServer, check_serve_params
 
 MODEL = Path("models/merged")
 PREPARED = Path("data/prepared")
-BASELINE = Path("metrics/baseline.json")
 METRICS = Path("metrics/eval.json")
 CONFUSION = Path("metrics/confusion")  # <task>.csv (DVC confusion plot) and <task>.png
 PREDICTIONS = Path("data/eval/predictions.jsonl")
@@ -108,7 +112,7 @@ def read_inputs(tasks: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, 
     if not labels_path.is_file():
         raise PipelineError(f"{labels_path}: not found (run the prepare stage first)")
     labels = json.loads(labels_path.read_text(encoding="utf-8"))
-    present = {r["task"] for r in records}
+    present = {name for r in records for name in r["tasks"]}
     for name, task in tasks.items():
         stale = (task["kind"] == "classification") != (name in labels)
         if name not in present or stale:
@@ -122,42 +126,20 @@ def read_inputs(tasks: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, 
 # ----------------------------------------------------------------------------- requests
 
 
-def user_content(record: dict[str, Any]) -> str:
-    """The user turn as LlamaFactory's alpaca converter builds it: the non-empty parts of
-    instruction and input joined by a newline."""
-    return "\n".join(part for part in (record["instruction"], record.get("input")) if part)
-
-
-def messages(record: dict[str, Any]) -> list[dict[str, str]]:
-    """System prompt (if any; else the chat template's default, as in training) + user turn."""
-    turns = [{"role": "system", "content": record["system"]}] if record.get("system") else []
-    return [*turns, {"role": "user", "content": user_content(record)}]
-
-
-def label_max_tokens(labels: list[str]) -> int:
-    """Enough tokens for any label however the model spells it, plus end-of-sequence.
-
-    Structured outputs accept any token sequence that spells a label, and a model may spell
-    one in more tokens than its tokenizer would (a random model spells `account_access` in 8
-    tokens, not 3); every token spells at least one byte, so the longest label's byte length
-    is a safe bound. A trained model stops after the label's own few tokens anyway.
-    """
-    return max(len(label.encode("utf-8")) for label in labels) + 1
-
-
 def request_body(
-    record: dict[str, Any], model: str, labels: list[str] | None, max_tokens: int
+    record: dict[str, Any], model: str, labels: dict[str, list[str]], max_tokens: int
 ) -> dict[str, Any]:
-    """One chat-completions request: classification constrained to the label set."""
+    """One chat-completions request, its answer constrained to the record's shape
+    (stages/records.py: label sets for classification, one line per task)."""
+    structured, budget = constraint(record["tasks"], labels, max_tokens)
     body: dict[str, Any] = {
         "model": model,
         "messages": messages(record),
         "temperature": 0.0,
-        "max_tokens": max_tokens,
+        "max_tokens": budget,
     }
-    if labels is not None:
-        body["structured_outputs"] = {"choice": labels}
-        body["max_tokens"] = label_max_tokens(labels)
+    if structured is not None:
+        body["structured_outputs"] = structured
     return body
 
 
@@ -299,10 +281,7 @@ def send_all(
     cfg: dict[str, Any],
 ) -> tuple[list[Outcome], float]:
     """Send every record; returns the outcomes (in record order) and the wall time."""
-    bodies = [
-        request_body(r, endpoint.model, labels.get(r["task"]), int(cfg["max_tokens"]))
-        for r in records
-    ]
+    bodies = [request_body(r, endpoint.model, labels, int(cfg["max_tokens"])) for r in records]
     started = time.monotonic()
     outcomes = asyncio.run(_send_all(bodies, endpoint, cfg))
     return outcomes, time.monotonic() - started
@@ -342,8 +321,28 @@ def normalise_url(url: str) -> str:
 # ----------------------------------------------------------------------------- scoring
 
 
-def r4(x: float | None) -> float | None:
-    return None if x is None else round(float(x), 4)
+def per_task(
+    records: list[dict[str, Any]], outcomes: list[Outcome]
+) -> tuple[list[dict[str, Any]], list[Outcome]]:
+    """One (id, task, gold) row and one outcome per task of every record, in record order.
+
+    A reply that answers several tasks is split into its lines. If it was cut at max_tokens
+    (finish_reason "length"), the last task it reached is the one cut, and the tasks after
+    it have no answer; the tasks before it finished.
+    """
+    rows, split = [], []
+    for rec, outcome in zip(records, outcomes, strict=True):
+        names = rec["tasks"]
+        answers = parse_answer(outcome.content, names)
+        reached = [i for i, n in enumerate(names) if answers[n] is not None]
+        cut_at = reached[-1] if reached else 0  # the first task the cut reply did not finish
+        for i, name in enumerate(names):
+            finish = outcome.finish_reason
+            if finish == "length" and i < cut_at:
+                finish = "stop"
+            rows.append({"id": rec["id"], "task": name, "output": rec["answers"][name]})
+            split.append(dataclasses.replace(outcome, content=answers[name], finish_reason=finish))
+    return rows, split
 
 
 def shown_label(outcome: Outcome, label_set: set[str]) -> str:
@@ -355,14 +354,14 @@ def shown_label(outcome: Outcome, label_set: set[str]) -> str:
 
 
 def score_classification(gold: list[str], shown: list[str], labels: list[str]) -> dict[str, Any]:
-    """Accuracy and F1 as stages/baseline.py computes them; an invalid answer or an error
-    counts as wrong (it lowers its gold class's recall) and in invalid_rate.
+    """Scores as stages/baseline.py computes them (stages/scoring.py); an invalid answer or an
+    error counts as wrong (it lowers its gold class's recall) and in invalid_rate.
 
     Macro-F1 averages over the labels that occur in gold or in the (valid) predictions,
     sklearn's default, so a model without invalid answers is scored exactly like the
     baseline; the (invalid)/(error) markers are not classes of their own.
     """
-    from sklearn.metrics import accuracy_score, classification_report, f1_score
+    from sklearn.metrics import classification_report
 
     label_set = set(labels)
     present = [x for x in labels if x in set(gold) | set(shown)]
@@ -372,11 +371,7 @@ def score_classification(gold: list[str], shown: list[str], labels: list[str]) -
         report.pop(key, None)
     return {
         "n": len(gold),
-        "accuracy": r4(accuracy_score(gold, shown)),
-        "macro_f1": r4(f1_score(gold, shown, labels=present, average="macro", zero_division=0)),
-        "weighted_f1": r4(
-            f1_score(gold, shown, labels=present, average="weighted", zero_division=0)
-        ),
+        **scoring.classification(gold, shown, labels=present),
         "invalid_rate": r4(sum(s not in label_set for s in shown) / len(shown)),
         "errors": sum(s == ERROR for s in shown),
         "classification_report": {
@@ -386,17 +381,9 @@ def score_classification(gold: list[str], shown: list[str], labels: list[str]) -
 
 
 def score_generation(gold: list[str], outcomes: list[Outcome]) -> dict[str, Any]:
-    """ROUGE-1/2/L F-measure means (rouge-score, stemmed, as stages/baseline.py); a failed
-    request scores 0."""
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-    scores = [
-        scorer.score(g, (o.content or "").strip()) for g, o in zip(gold, outcomes, strict=True)
-    ]
-    metrics: dict[str, Any] = {"n": len(gold)}
-    for name in ("rouge1", "rouge2", "rougeL"):
-        metrics[name] = r4(sum(s[name].fmeasure for s in scores) / len(scores))
+    """ROUGE-1/2/L as stages/baseline.py computes them; a failed request scores 0."""
+    answers = [(o.content or "").strip() for o in outcomes]
+    metrics: dict[str, Any] = {"n": len(gold), **scoring.rouge(gold, answers)}
     metrics["error_rate"] = r4(sum(o.error is not None for o in outcomes) / len(outcomes))
     metrics["errors"] = sum(o.error is not None for o in outcomes)
     # answers cut at evaluate.max_tokens: if this is high, raise max_tokens
@@ -412,24 +399,11 @@ def percentile(values: list[float], q: float) -> float | None:
     return r4(float(np.percentile(values, q))) if values else None
 
 
-def delta(current: dict[str, Any], base: dict[str, Any] | None) -> dict[str, float]:
-    """current - baseline for every score both have (accuracy, macro_f1, rouge1, ...)."""
-    if not isinstance(base, dict):
-        return {}
-    keys = ("accuracy", "macro_f1", "weighted_f1", "rouge1", "rouge2", "rougeL")
-    return {
-        k: r4(current[k] - base[k])
-        for k in keys
-        if isinstance(current.get(k), float) and isinstance(base.get(k), int | float)
-    }
-
-
 def score(
     records: list[dict[str, Any]],
     outcomes: list[Outcome],
     tasks: dict[str, Any],
     labels: dict[str, list[str]],
-    baseline: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, list[dict[str, str]]]]:
     """Metrics per task, and the confusion rows (actual, predicted) per classification task."""
     metrics: dict[str, Any] = {}
@@ -445,7 +419,6 @@ def score(
             ]
         else:
             metrics[name] = score_generation(gold, [outcomes[i] for i in idx])
-        metrics[name]["delta_vs_baseline"] = delta(metrics[name], baseline.get(name))
     metrics["test_tickets"] = len({r["id"] for r in records})
     return metrics, confusion
 
@@ -523,9 +496,6 @@ def report(metrics: dict[str, Any], tasks: dict[str, Any]) -> None:
             "rouge1", "rouge2", "rougeL", "truncated_rate"
         )  # fmt: skip
         line = ", ".join(f"{k} {m[k]:.3f}" for k in keys)
-        d = m["delta_vs_baseline"]
-        if d:
-            line += " (vs baseline: " + ", ".join(f"{k} {v:+.3f}" for k, v in d.items()) + ")"
         print(f"evaluate {name}: {line}")
     o = metrics["overall"]
     print(
@@ -543,9 +513,6 @@ def run(params: dict[str, Any]) -> None:
     serve = params.get("serve") or {}
     tasks = params["tasks"]
     records, labels = read_inputs(tasks)
-    baseline = json.loads(BASELINE.read_text(encoding="utf-8")) if BASELINE.is_file() else {}
-    if not baseline:
-        print(f"evaluate: {BASELINE} not found: no comparison with the baseline")
 
     if cfg.get("base_url"):
         url = normalise_url(cfg["base_url"])
@@ -558,6 +525,7 @@ def run(params: dict[str, Any]) -> None:
         except ServerGone as e:
             raise PipelineError(f"evaluate.base_url {url} stopped answering: {e}") from None
         startup_s = None
+        served = {"url": url, "model": model}
     else:
         check_serve_params(serve)
         if cfg["concurrency"] > serve["max_num_seqs"]:
@@ -580,16 +548,19 @@ def run(params: dict[str, Any]) -> None:
                 server.check_alive()  # dead: that error, with the log tail
                 raise server.failure(f"vLLM server stopped answering: {e}") from None
             startup_s = server.startup_s
+            served = {"model": str(MODEL), "dtype": server.dtype, "vllm": server.vllm_version()}
         # the server is stopped before scoring
 
     errors = [o.error for o in outcomes if o.error is not None]
     if len(errors) == len(outcomes):
         raise PipelineError(f"every request failed, the first with: {errors[0]}")
-    metrics, confusion = score(records, outcomes, tasks, labels, baseline)
+    rows, answers = per_task(records, outcomes)
+    metrics, confusion = score(rows, answers, tasks, labels)
     metrics["overall"] = overall(outcomes, wall_s, startup_s)
+    metrics["served"] = served  # what answered: with evaluate.base_url, not models/merged
 
     PREDICTIONS.parent.mkdir(parents=True, exist_ok=True)
-    write_text(PREDICTIONS, prediction_rows(records, outcomes))
+    write_text(PREDICTIONS, prediction_rows(rows, answers))
     with atomic_dir(CONFUSION) as tmp:
         for name, rows in confusion.items():
             write_confusion(tmp, name, rows, labels[name])
@@ -617,23 +588,26 @@ def chat(text: str) -> None:
         raise PipelineError(f"no server: run `make serve` first ({SERVE_INFO} not found)")
     labels_path = PREPARED / "labels.json"
     known = json.loads(labels_path.read_text(encoding="utf-8")) if labels_path.is_file() else {}
+    labels = {}
     for name, task in tasks.items():
-        task_labels = known.get(name) or [str(x) for x in task.get("labels") or []] or None
-        if task["kind"] == "classification" and not task_labels:
+        labels[name] = known.get(name) or [str(x) for x in task.get("labels") or []]
+        if task["kind"] == "classification" and not labels[name]:
             raise PipelineError(f"{labels_path}: no labels for task {name} (run prepare)")
-        record = {
-            "system": params["default_system"],
-            "instruction": task["instruction"].replace("{labels}", ", ".join(task_labels or [])),
-            "input": text,
-        }
-        body = request_body(record, model, task_labels, int(cfg.get("max_tokens") or 64))
+    labels = {name: values for name, values in labels.items() if values}
+    layout = (params.get("prepare") or {}).get("records", "ticket")
+    gold = dict.fromkeys(tasks, "")  # a request: no gold answers
+    system = params["default_system"]
+    for rec in records_for_ticket("chat", text, gold, tasks, labels, system, layout):
+        body = request_body(rec, model, labels, int(cfg.get("max_tokens") or 64))
         try:
             r = httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=120)
         except httpx.HTTPError as e:
             raise PipelineError(f"{url}: not reachable ({type(e).__name__}): is it running?") from e
         if r.status_code != 200:
             raise PipelineError(f"{url}: HTTP {r.status_code}: {r.text[:300]}")
-        print(f"{name}: {r.json()['choices'][0]['message']['content'].strip()}")
+        content = r.json()["choices"][0]["message"]["content"]
+        for name, value in parse_answer(content, rec["tasks"]).items():
+            print(f"{name}: {value}")
 
 
 def main(argv: list[str] | None = None) -> None:

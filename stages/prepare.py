@@ -3,7 +3,8 @@
 Reads `prepare.input` (CSV, JSONL or Parquet; which column is what comes from params.yaml,
 so another export needs a params change only), checks every row, splits the *tickets* into
 train / validation / test (stratified on the first classification task, seeded) and writes
-one alpaca record per (ticket, task) to `data/prepared/`, with the `dataset_info.json`
+alpaca records to `data/prepared/` (one per ticket answering every task, or one per
+(ticket, task): `prepare.records`, see stages/records.py), with the `dataset_info.json`
 LlamaFactory reads. Splitting tickets rather than records keeps every task of a ticket on
 one side, so no test ticket was seen in training under another instruction.
 
@@ -32,6 +33,7 @@ from stages.common import (
     write_json,
     write_text,
 )
+from stages.records import LAYOUTS, records_for_ticket
 
 OUT = Path("data/prepared")
 METRICS = Path("metrics/data.json")
@@ -125,6 +127,11 @@ def check_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict
             if len(set(map(str, labels))) != len(labels):
                 raise PipelineError(f"{where}.labels: a label is listed twice")
 
+    if prep.get("records", "ticket") not in LAYOUTS:
+        raise PipelineError(
+            f"params.yaml prepare.records: unknown layout {prep.get('records')!r} "
+            f"(expected {' or '.join(LAYOUTS)})"
+        )
     fraction(prep.get("test_size"), "prepare.test_size")
     fraction(params.get("val_size", 0), "val_size", allow_zero=True)
     if prep["test_size"] + params.get("val_size", 0) >= 1:
@@ -318,9 +325,10 @@ def split_tickets(
 
     Stratified (if there is a classification task) and seeded; val_size is a fraction of
     all tickets, so it is rescaled for the second cut, from what the test cut left. Tickets
-    left out by max_tickets are dropped. Within a split the order is sklearn's seeded
-    shuffle, not the input's: LlamaFactory's `max_samples` keeps the *first* N records of a
-    dataset, and that should be a random sample even if the export is sorted by category.
+    left out by max_tickets are dropped. Within a split the order is a seeded shuffle, not the
+    input's: LlamaFactory's `max_samples` keeps the *first* N records of a dataset, and that
+    should be a sample of every class even if the export is sorted by category (the training
+    split is in `stratified_order`).
     """
     from sklearn.model_selection import train_test_split  # imported here: errors above come fast
 
@@ -340,8 +348,28 @@ def split_tickets(
     train, validation = rest, rest[:0]
     if val_size > 0:
         train, validation = cut(rest, val_size / (1 - prep["test_size"]), f"val_size = {val_size}")
+    if strata is not None:
+        train = stratified_order(strata.loc[train], seed)
     members = zip(SPLITS, (train, validation, test), strict=True)
     return pd.concat([pd.Series(name, index=ids, dtype=str) for name, ids in members])
+
+
+def stratified_order(strata: pd.Series, seed: int) -> pd.Index:
+    """The tickets in an order whose every prefix is a stratified sample.
+
+    LlamaFactory's `max_samples` trains on the first N records: with this order those hold
+    each class in its share of the split (a rare class is not left out by chance). Each
+    ticket gets the position (k + u) / n_class for the k-th ticket of its class in a seeded
+    shuffle, u uniform in [0, 1); sorting by position interleaves the classes evenly.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    shuffled = strata.sample(frac=1, random_state=seed)
+    rank = shuffled.groupby(shuffled, sort=False).cumcount()
+    size = shuffled.map(shuffled.value_counts())
+    position = (rank + rng.random(len(shuffled))) / size
+    return position.sort_values(kind="stable").index
 
 
 def check_leakage(tickets: pd.DataFrame, path: Path, text_columns: list[str]) -> None:
@@ -394,26 +422,16 @@ def label_sets(
 def make_records(
     tickets: pd.DataFrame,
     answers: pd.DataFrame,
-    instructions: dict[str, str],
+    tasks: dict[str, dict[str, Any]],
+    labels: dict[str, list[str]],
     system: str,
+    layout: str,
 ) -> dict[str, list[dict[str, Any]]]:
-    """One alpaca record per (ticket, task), by split, in ticket order; a ticket's tasks together.
-
-    "id" and "task" are extra fields: LlamaFactory ignores them, the evaluate stage needs them.
-    """
+    """The records of every ticket (stages/records.py), by split, in ticket order."""
     records: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     for t in tickets.itertuples():
-        for name, instruction in instructions.items():
-            records[t.split].append(
-                {
-                    "id": t.id,
-                    "task": name,
-                    "system": system,
-                    "instruction": instruction,
-                    "input": t.text,
-                    "output": answers.at[t.Index, name],
-                }
-            )
+        gold = {name: str(answers.at[t.Index, name]) for name in tasks}
+        records[t.split] += records_for_ticket(t.id, t.text, gold, tasks, labels, system, layout)
     return records
 
 
@@ -469,11 +487,8 @@ def main() -> None:
     check_leakage(tickets, path, prep["text_columns"])
     labels = label_sets(tickets, answers, tasks, path)
 
-    instructions = {
-        name: task["instruction"].replace("{labels}", ", ".join(labels.get(name, [])))
-        for name, task in tasks.items()
-    }
-    records = make_records(tickets, answers, instructions, params["default_system"])
+    layout = prep.get("records", "ticket")
+    records = make_records(tickets, answers, tasks, labels, params["default_system"], layout)
 
     # Everything is validated: only now replace the outputs (the data first, then metrics).
     with atomic_dir(OUT) as tmp:

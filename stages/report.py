@@ -483,7 +483,8 @@ def task_section(task: str, kind: str, runs: list[Run], states: dict[str, str | 
     rows = []
     for run in runs:
         model = run.metrics.get(EVAL_METRICS, {}).get(task, {})
-        base = run.metrics.get(BASELINE_METRICS, {}).get(task, {})
+        # the TF-IDF baseline trained on the same tickets as the model: like for like
+        base = run.metrics.get(BASELINE_METRICS, {}).get("tfidf_lora_tickets", {}).get(task, {})
         row: list[Any] = [run.name]
         for s in scores:
             m, b = model.get(s), base.get(s)
@@ -577,8 +578,8 @@ def render_report(runs: list[Run], out_dir: Path) -> str:
     parts += ["", "## Scores per task vs the baseline", ""]
     parts.append(
         "Model scores from `metrics/eval.json` (served by vLLM, test split), the TF-IDF + "
-        "logistic-regression baseline of the same split from `metrics/baseline.json`, and "
-        "the difference."
+        "logistic-regression baseline trained on the same tickets as the model "
+        "(`metrics/baseline.json`, `tfidf_lora_tickets`), and the difference."
     )
     for task, kind in task_kinds(runs).items():
         parts += ["", task_section(task, kind, runs, states)]

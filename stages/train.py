@@ -122,6 +122,23 @@ def summarise(output_dir: Path, runtime_s: float, peak_rss_mb: float) -> dict[st
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
 
 
+def what_ran(config: dict[str, Any], cmd: list[str]) -> dict[str, Any]:
+    """Device, precision and library versions of this run: the same params train differently
+    on a GPU, on a CPU with native bfloat16 and on one without."""
+    from importlib.metadata import version
+
+    gpus = gpu_count()
+    if "bf16=false" in cmd or not config.get("bf16"):
+        precision = "fp16" if config.get("fp16") else "float32"
+    else:
+        precision = "bf16 mixed"
+    return {
+        "device": f"cuda x{gpus}" if gpus else "cpu",
+        "precision": precision,
+        "versions": {p: version(p) for p in ("llamafactory", "torch", "transformers", "peft")},
+    }
+
+
 def trainable_parameters(adapter: Path) -> int:
     """Count the LoRA parameters from the saved adapter (exact, independent of the logs)."""
     from safetensors import safe_open
@@ -159,6 +176,7 @@ def main() -> None:
 
     metrics = summarise(output_dir, runtime, peak_rss_mb)
     metrics["resumed_from_checkpoint"] = resumed
+    metrics["ran_on"] = what_ran(config, cmd)
     with atomic_dir(ADAPTER) as tmp:
         for name in KEEP:
             if (output_dir / name).exists():

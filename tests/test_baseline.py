@@ -18,14 +18,17 @@ from tests.test_prepare import (
     run_stage,
 )
 
-CLASSIFICATION_KEYS = {"accuracy", "macro_f1", "weighted_f1"}
-GENERATION_KEYS = {"rouge1", "rouge2", "rougeL"}
+CLASSIFICATION_KEYS = {"accuracy", "accuracy_ci95", "macro_f1", "macro_f1_ci95", "weighted_f1"}
+GENERATION_KEYS = {"rouge1", "rouge2", "rougeL", "rougeL_ci95"}
+ROWS = ("tfidf_all_tickets", "tfidf_lora_tickets", "majority")
 
 
 def baseline_params(**baseline: object) -> dict:
-    """Test params: min_df 1, as toy data has few repeated n-grams."""
+    """Test params: min_df 1, as toy data has few repeated n-grams; the LoRA model would
+    train on the first 30 training tickets."""
     return make_params(
-        baseline=REPO_PARAMS["baseline"] | {"min_df": 1, "summary_source": "first_line"} | baseline
+        baseline=REPO_PARAMS["baseline"] | {"min_df": 1, "summary_source": "first_line"} | baseline,
+        max_samples=30,
     )
 
 
@@ -37,24 +40,42 @@ def metrics(tmp_path_factory: pytest.TempPathFactory) -> dict:
     assert prepare_in(folder, tickets, baseline_params()).returncode == 0
     result = run_stage(folder, "stages.baseline")
     assert result.returncode == 0, result.stderr
-    assert "baseline category: accuracy" in result.stdout
+    assert "baseline tfidf_all_tickets category: macro_f1" in result.stdout
     return json.loads((folder / "metrics" / "baseline.json").read_text())
 
 
 def test_metrics_have_every_key_in_range(metrics: dict) -> None:
-    assert set(metrics) == {"category", "priority", "summary", "test_tickets"}
-    assert set(metrics["category"]) == set(metrics["priority"]) == CLASSIFICATION_KEYS
-    assert set(metrics["summary"]) == GENERATION_KEYS
+    assert set(metrics) == {*ROWS, "test_tickets"}
     assert metrics["test_tickets"] == 24  # 20 % of 120
-    for task in ("category", "priority", "summary"):
-        for value in metrics[task].values():
-            assert 0 <= value <= 1 and value == round(value, 4)
+    assert metrics["tfidf_all_tickets"]["train_tickets"] == 84  # 70 % of 120
+    assert metrics["tfidf_lora_tickets"]["train_tickets"] == 30  # max_samples
+    for row in ROWS:
+        tasks = (
+            ("category", "priority") if row == "majority" else ("category", "priority", "summary")
+        )
+        assert set(metrics[row]) - {"train_tickets"} == set(tasks)
+        for task in tasks:
+            scores = metrics[row][task]
+            assert set(scores) == (GENERATION_KEYS if task == "summary" else CLASSIFICATION_KEYS)
+            for key, value in scores.items():
+                if key.endswith("_ci95"):
+                    low, high = value
+                    assert 0 <= low <= scores[key.removesuffix("_ci95")] <= high <= 1
+                else:
+                    assert 0 <= value <= 1 and value == round(value, 4)
 
 
 def test_learnable_task_scores_clearly_above_chance(metrics: dict) -> None:
-    assert metrics["category"]["accuracy"] >= 0.9  # chance is 1/3
-    assert metrics["category"]["macro_f1"] >= 0.9
-    assert metrics["summary"]["rouge1"] >= 0.5  # the subject is most of the gold summary
+    tfidf = metrics["tfidf_all_tickets"]
+    assert tfidf["category"]["accuracy"] >= 0.9  # chance is 1/3
+    assert tfidf["category"]["macro_f1"] >= 0.9
+    assert tfidf["summary"]["rouge1"] >= 0.5  # the subject is most of the gold summary
+
+
+def test_majority_answers_one_label(metrics: dict) -> None:
+    majority = metrics["majority"]["category"]
+    assert majority["accuracy"] == round(1 / 3, 4)  # balanced test split: one class in three
+    assert majority["macro_f1"] == round((2 / 4) / 3, 4)  # F1 1/2 on one class of three
 
 
 def test_extractive_summaries() -> None:

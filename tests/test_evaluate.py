@@ -24,6 +24,7 @@ import yaml
 
 from stages import evaluate
 from stages.common import PipelineError
+from stages.records import label_max_tokens
 from stages.vllm_server import VLLMServer, group_pids
 from tests.conftest import dvc
 from tests.test_vllm_server import (
@@ -62,13 +63,46 @@ def test_user_turn_is_built_as_llamafactory_builds_the_training_prompt() -> None
 
 def test_request_bodies() -> None:
     category, _, summary = task_records(["Subject: Refund\n\nPlease refund order 12."])
-    body = evaluate.request_body(category, "m", LABELS["category"], max_tokens=64)
+    body = evaluate.request_body(category, "m", LABELS, max_tokens=64)
     assert body["structured_outputs"] == {"choice": LABELS["category"]}
     assert body["temperature"] == 0 and body["model"] == "m"
     assert body["max_tokens"] == len("technical_issue") + 1  # longest label in bytes + EOS
     assert body["messages"][1]["content"] == category["instruction"] + "\n" + category["input"]
-    body = evaluate.request_body(summary, "m", None, max_tokens=64)
+    body = evaluate.request_body(summary, "m", LABELS, max_tokens=64)
     assert "structured_outputs" not in body and body["max_tokens"] == 64
+
+
+def test_a_ticket_record_is_constrained_to_one_line_per_task() -> None:
+    import re
+
+    (ticket,) = task_records(["Subject: Refund\n\nPlease refund order 12."], layout="ticket")
+    body = evaluate.request_body(ticket, "m", LABELS, max_tokens=64)
+    pattern = re.compile(body["structured_outputs"]["regex"])
+    assert pattern.fullmatch("category: refund\npriority: high\nsummary: Refund for order 12")
+    assert pattern.fullmatch(ticket["output"])  # the training answer has the served shape
+    assert not pattern.fullmatch("category: banana\npriority: high\nsummary: x")
+    assert not pattern.fullmatch("priority: high\ncategory: refund\nsummary: x")
+    assert not pattern.fullmatch("category: refund\npriority: high\nsummary: a\nb")
+    labels = len("technical_issue") + 1 + len("medium") + 1
+    assert body["max_tokens"] == labels + 64 + sum(len(n) + 2 for n in ticket["tasks"])
+
+
+def test_a_ticket_answer_is_split_into_tasks() -> None:
+    (ticket,) = task_records(["Subject: Refund\n\nPlease refund order 12."], layout="ticket")
+    reply = evaluate.Outcome(
+        content="category: refund\npriority: high\nsummary: Refund for or",
+        finish_reason="length",
+        latency_s=0.5,
+    )
+    rows, outcomes = evaluate.per_task([ticket], [reply])
+    assert [r["task"] for r in rows] == ["category", "priority", "summary"]
+    assert [r["output"] for r in rows] == [ticket["answers"][n] for n in ticket["tasks"]]
+    assert [o.content for o in outcomes] == ["refund", "high", "Refund for or"]
+    assert [o.finish_reason for o in outcomes] == ["stop", "stop", "length"]  # only the last cut
+    cut = evaluate.Outcome(content="category: refund\npriority: hi", finish_reason="length")
+    _, outcomes = evaluate.per_task([ticket], [cut])
+    assert [o.content for o in outcomes] == ["refund", "hi", None]
+    assert [o.finish_reason for o in outcomes] == ["stop", "length", "length"]
 
 
 def test_classification_scores_follow_the_baseline_convention() -> None:
@@ -207,10 +241,7 @@ def test_stage_against_a_misbehaving_server(fake_server: FakeServer, tmp_path: P
         "Subject: Hmm\n\nREJECT this.",
         "Subject: Hmm\n\nGARBAGE in.",
     ]
-    baseline = {"category": {"accuracy": 0.25, "macro_f1": 0.2}, "summary": {"rouge1": 0.5}}
-    ws = mini_workspace(
-        tmp_path, task_records(texts), overrides=fake_run_params(fake_server.url), baseline=baseline
-    )
+    ws = mini_workspace(tmp_path, task_records(texts), overrides=fake_run_params(fake_server.url))
     started = time.monotonic()
     proc = run_stage(ws, timeout=120, FAKE_KEY=FakeServer.KEY)
     assert proc.returncode == 0, proc.stderr
@@ -223,7 +254,7 @@ def test_stage_against_a_misbehaving_server(fake_server: FakeServer, tmp_path: P
             PARAMS["tasks"]["summary"]["instruction"]
         )
         assert ("structured_outputs" in body) != is_summary
-        assert body["max_tokens"] == (64 if is_summary else evaluate.label_max_tokens(
+        assert body["max_tokens"] == (64 if is_summary else label_max_tokens(
             body["structured_outputs"]["choice"]
         ))  # fmt: skip
 
@@ -232,12 +263,8 @@ def test_stage_against_a_misbehaving_server(fake_server: FakeServer, tmp_path: P
     # right: texts 0-2 (after retries); error: SLOW (timeout), REJECT (400); invalid: GARBAGE
     assert cat["n"] == 6 and cat["accuracy"] == 0.5 and cat["errors"] == 2
     assert cat["invalid_rate"] == 0.5
-    assert cat["delta_vs_baseline"] == {
-        "accuracy": 0.25,
-        "macro_f1": round(cat["macro_f1"] - 0.2, 4),
-    }
+    assert cat["accuracy_ci95"][0] <= cat["accuracy"] <= cat["accuracy_ci95"][1]
     assert m["summary"]["errors"] == 2 and m["summary"]["error_rate"] == round(2 / 6, 4)
-    assert set(m["summary"]["delta_vs_baseline"]) == {"rouge1"}
     o = m["overall"]
     assert o["requests"] == 18 and o["errors"] == 6 and o["retried_requests"] == 6
     assert o["server_startup_s"] is None  # base_url: no server started
@@ -358,7 +385,7 @@ def test_adversarial_tickets_still_get_labels(vllm_server, tmp_path: Path) -> No
 
     # the control: the same request without the constraint is not a label
     record = task_records(ADVERSARIAL[:1], tasks=("category",))[0]
-    body = evaluate.request_body(record, server.name, LABELS["category"], max_tokens=16)
+    body = evaluate.request_body(record, server.name, LABELS, max_tokens=16)
     del body["structured_outputs"]
     r = httpx.post(
         server.url + "/v1/chat/completions", json=body, headers=server.headers, timeout=60
@@ -425,18 +452,19 @@ def test_dvc_repro_evaluates_the_merged_model(tiny_workspace: Path, tmp_path: Pa
     tasks = params["tasks"]
     records = [json.loads(x) for x in (ws / "data/prepared/test.jsonl").read_text().splitlines()]
     labels = json.loads((ws / "data/prepared/labels.json").read_text())
-    baseline = json.loads((ws / "metrics/baseline.json").read_text())
     m = json.loads((ws / "metrics/eval.json").read_text())
 
-    assert set(m) == {*tasks, "overall", "test_tickets"}
+    assert set(m) == {*tasks, "overall", "test_tickets", "served"}
+    assert m["served"]["model"] == "models/merged" and m["served"]["vllm"].startswith("vllm")
     for name, task in tasks.items():
         t = m[name]
-        n = sum(r["task"] == name for r in records)
+        n = sum(name in r["tasks"] for r in records)
         assert t["n"] == n
         if task["kind"] == "classification":
             for key in ("accuracy", "macro_f1", "weighted_f1"):
                 assert 0 <= t[key] <= 1
-                assert t["delta_vs_baseline"][key] == round(t[key] - baseline[name][key], 4)
+            for key in ("accuracy", "macro_f1"):
+                assert t[f"{key}_ci95"][0] <= t[key] <= t[f"{key}_ci95"][1]
             assert t["invalid_rate"] == 0 and t["errors"] == 0  # structured outputs
             report = t["classification_report"]
             assert {"macro avg", "weighted avg"} <= set(report)
@@ -448,7 +476,7 @@ def test_dvc_repro_evaluates_the_merged_model(tiny_workspace: Path, tmp_path: Pa
         else:
             for key in ("rouge1", "rouge2", "rougeL"):
                 assert 0 <= t[key] <= 1
-                assert t["delta_vs_baseline"][key] == round(t[key] - baseline[name][key], 4)
+            assert t["rougeL_ci95"][0] <= t["rougeL"] <= t["rougeL_ci95"][1]
             assert t["errors"] == 0 and 0 <= t["truncated_rate"] <= 1
     o = m["overall"]
     assert o["requests"] == len(records) and o["errors"] == 0 and o["error_rate"] == 0
@@ -460,7 +488,8 @@ def test_dvc_repro_evaluates_the_merged_model(tiny_workspace: Path, tmp_path: Pa
     predictions = [
         json.loads(x) for x in (ws / "data/eval/predictions.jsonl").read_text().splitlines()
     ]
-    assert [(p["id"], p["task"]) for p in predictions] == [(r["id"], r["task"]) for r in records]
+    expected = [(r["id"], name) for r in records for name in r["tasks"]]
+    assert [(p["id"], p["task"]) for p in predictions] == expected
     assert all(p["predicted"] in labels[p["task"]] for p in predictions if p["task"] in labels)
 
     shown = json.loads(dvc(["metrics", "show", "--json"], ws).stdout)

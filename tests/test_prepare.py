@@ -28,7 +28,21 @@ REPO_PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
 # Small data needs bigger test and validation fractions to hold every class.
 TEST_PREPARE = {"input": "tickets.csv", "test_size": 0.2, "max_chars": 400, "min_per_class": 3}
 TEST_TOP = {"val_size": 0.1, "seed": 42}
-TASKS = REPO_PARAMS["tasks"]
+TASKS = {  # the tests' own instructions (the repository's may change wording)
+    "category": {
+        "kind": "classification",
+        "column": "category",
+        "labels": None,
+        "instruction": "Classify the ticket. Categories: {labels}.",
+    },
+    "priority": {
+        "kind": "classification",
+        "column": "priority",
+        "labels": ["low", "medium", "high", "urgent"],
+        "instruction": "one of {labels}",
+    },
+    "summary": {"kind": "generation", "column": "summary", "instruction": "one line"},
+}
 OUTPUTS = ("train.jsonl", "validation.jsonl", "test.jsonl", "dataset_info.json", "labels.json")
 SPLITS = ("train", "validation", "test")
 
@@ -72,7 +86,7 @@ def make_tickets(
 
 def make_params(prepare: dict[str, Any] | None = None, **top: Any) -> dict[str, Any]:
     """The repository's params.yaml with the test defaults, then the given overrides."""
-    params = copy.deepcopy(REPO_PARAMS) | TEST_TOP
+    params = copy.deepcopy(REPO_PARAMS) | TEST_TOP | {"tasks": copy.deepcopy(TASKS)}
     params["prepare"] = params["prepare"] | TEST_PREPARE | (prepare or {})
     return params | top
 
@@ -320,34 +334,78 @@ def test_failed_run_leaves_previous_outputs_unchanged(prepared: Path, tmp_path: 
 
 def test_split_is_by_ticket_with_every_task(prepared: Path) -> None:
     records = split_records(prepared)
-    ids = {s: {r["id"] for r in recs} for s, recs in records.items()}
-    assert not (ids["train"] & ids["validation"] or ids["train"] & ids["test"])
-    assert not ids["validation"] & ids["test"]
+    ids = {s: [r["id"] for r in recs] for s, recs in records.items()}
+    assert not (set(ids["train"]) & set(ids["validation"]) or set(ids["train"]) & set(ids["test"]))
+    assert not set(ids["validation"]) & set(ids["test"])
     assert [len(ids[s]) for s in SPLITS] == [42, 6, 12]  # test 20 %, validation 10 % of all
-    for s, recs in records.items():
-        assert len(recs) == len(ids[s]) * len(TASKS)
-        tasks_of = pd.DataFrame(recs).groupby("id")["task"].apply(list)
-        assert all(tasks == list(TASKS) for tasks in tasks_of)
-    train_order = [r["id"] for r in records["train"][:: len(TASKS)]]
-    assert train_order != sorted(train_order)  # shuffled: max_samples keeps a random sample
+    for recs in records.values():  # one record per ticket, answering every task
+        assert all(r["tasks"] == list(TASKS) for r in recs)
+    assert ids["train"] != sorted(ids["train"])  # shuffled, not in input order
     metrics = metrics_of(prepared)
     assert metrics["tickets"] == {"train": 42, "validation": 6, "test": 12, "total": 60}
-    assert metrics["records"] == {"train": 126, "validation": 18, "test": 36, "total": 180}
+    assert metrics["records"] == {"train": 42, "validation": 6, "test": 12, "total": 60}
 
 
-def test_records_are_alpaca_with_labels_filled_in(prepared: Path) -> None:
+def test_a_ticket_record_answers_every_task_one_line_each(prepared: Path) -> None:
     folder = prepared / "data" / "prepared"
-    labels = json.loads((folder / "labels.json").read_text())
-    assert labels == {"category": ["account", "billing", "shipping"], "priority": list(PRIORITIES)}
     record = read_jsonl(folder / "train.jsonl")[0]
-    assert set(record) == {"id", "task", "system", "instruction", "input", "output"}
-    assert record["system"] == REPO_PARAMS["default_system"]
-    assert record["task"] == "category"
-    assert record["instruction"].endswith("Categories: account, billing, shipping.")
     raw = make_tickets().set_index("id").loc[record["id"]]
+    assert record["system"] == REPO_PARAMS["default_system"]
+    assert record["instruction"] == (
+        "category: Classify the ticket. Categories: account, billing, shipping.\n"
+        "priority: one of low, medium, high, urgent\n"
+        "summary: one line"
+    )
     assert record["input"] == f"Subject: {raw['subject']}\n\n{raw['body']}"
-    assert record["output"] == raw["category"]
-    info = json.loads((folder / "dataset_info.json").read_text())
+    answers = {"category": raw["category"], "priority": raw["priority"], "summary": raw["summary"]}
+    assert record["answers"] == answers
+    assert record["output"] == "\n".join(f"{k}: {v}" for k, v in answers.items())
+
+
+def test_every_prefix_of_the_training_split_is_stratified(tmp_path: Path) -> None:
+    """LlamaFactory's max_samples takes the first N records: each class in its share."""
+    tickets = make_tickets({"billing": 60, "shipping": 30, "account": 10}, long_rows=())
+    assert prepare_in(tmp_path, tickets).returncode == 0
+    train = [r["answers"]["category"] for r in split_records(tmp_path)["train"]]
+    share = {c: train.count(c) / len(train) for c in ("billing", "shipping", "account")}
+    for n in (10, 20, 35):
+        for category, p in share.items():
+            assert abs(train[:n].count(category) - p * n) <= 1.5, (n, category, train[:n])
+
+
+def test_task_layout_has_a_record_per_ticket_and_task(tmp_path: Path) -> None:
+    result = prepare_in(tmp_path, make_tickets(), make_params({"records": "task"}))
+    assert result.returncode == 0, result.stderr
+    records = split_records(tmp_path)
+    for recs in records.values():
+        by_ticket = pd.DataFrame(recs).groupby("id", sort=False)["tasks"].sum()
+        assert all(tasks == list(TASKS) for tasks in by_ticket)  # a ticket's records together
+    record = records["train"][0]
+    assert set(record) == {"id", "tasks", "answers", "system", "instruction", "input", "output"}
+    assert record["tasks"] == ["category"]
+    assert record["instruction"] == "Classify the ticket. Categories: account, billing, shipping."
+    assert record["output"] == record["answers"]["category"]
+    assert metrics_of(tmp_path)["records"] == {
+        "train": 126, "validation": 18, "test": 36, "total": 180,
+    }  # fmt: skip
+    # the same split as the ticket layout
+    ticket_layout = tmp_path / "ticket"
+    assert prepare_in(ticket_layout, make_tickets()).returncode == 0
+    ids = [r["id"] for r in split_records(ticket_layout)["test"]]
+    assert [r["id"] for r in records["test"][:: len(TASKS)]] == ids
+
+
+def test_unknown_record_layout_is_an_error(tmp_path: Path) -> None:
+    result = prepare_in(tmp_path, make_tickets(), make_params({"records": "row"}))
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: params.yaml prepare.records: unknown layout 'row' (expected ticket or task)"
+    )
+    assert not (tmp_path / "data").exists()
+
+
+def test_dataset_info_maps_the_alpaca_columns(prepared: Path) -> None:
+    info = json.loads((prepared / "data" / "prepared" / "dataset_info.json").read_text())
     assert set(info) == {"tickets_train", "tickets_validation", "tickets_test"}
     assert info["tickets_test"] == {
         "file_name": "test.jsonl",
@@ -373,7 +431,7 @@ def test_split_is_stratified(prepared: Path) -> None:
     records = split_records(prepared)
     overall = make_tickets()["category"].value_counts(normalize=True)
     for s in ("train", "test"):
-        gold = pd.Series([r["output"] for r in records[s] if r["task"] == "category"])
+        gold = pd.Series([r["answers"]["category"] for r in records[s]])
         share = gold.value_counts(normalize=True).reindex(overall.index, fill_value=0)
         assert (share - overall).abs().max() <= 0.05, (s, share.to_dict())
     test_counts = metrics_of(prepared)["label_counts"]["category"]["test"]
@@ -434,13 +492,15 @@ def test_other_export_shape_runs_by_params_alone(tmp_path: Path) -> None:
     labels = json.loads((folder / "labels.json").read_text())
     assert labels == {"team": ["identity", "logistics", "payments"]}
     records = [r for s in SPLITS for r in read_jsonl(folder / f"{s}.jsonl")]
-    assert len(records) == 60 * 2
+    assert len(records) == 60
     assert {r["id"] for r in records} == {str(i) for i in range(1001, 1061)}
     first = records[0]
-    assert first["task"] == "team"
-    assert first["instruction"] == "Route to one team of: identity, logistics, payments."
+    assert first["tasks"] == ["team", "reply"]
+    assert first["instruction"] == (
+        "team: Route to one team of: identity, logistics, payments.\nreply: Draft a reply."
+    )
     assert first["input"].startswith("Title: ") and "\nHello, ticket" in first["input"]
-    assert first["output"] in labels["team"]
+    assert first["answers"]["team"] in labels["team"]
 
 
 def test_llamafactory_loads_the_prepared_dataset(
@@ -472,7 +532,7 @@ def test_llamafactory_loads_the_prepared_dataset(
     dataset = get_dataset(template, model_args, data_args, training_args, "sft", tokenizer)
     train = dataset["train_dataset"]
     gold = read_jsonl(prepared / "data" / "prepared" / "train.jsonl")
-    assert len(train) == len(gold) == 42 * len(TASKS)
+    assert len(train) == len(gold) == 42
 
     prompt = tokenizer.decode(train[0]["input_ids"])
     answer = tokenizer.decode([t for t in train[0]["labels"] if t != -100])  # what is learnt

@@ -179,7 +179,8 @@ def test_stale_evaluation_does_not_count() -> None:
 
 def test_report_renders_scores_curves_and_confusion(tmp_path: Path, monkeypatch) -> None:
     """The whole report from synthetic runs: one evaluated, one trained only."""
-    baseline = {"category": {"accuracy": 0.8, "macro_f1": 0.7}, "summary": {"rougeL": 0.3}}
+    same_tickets = {"category": {"accuracy": 0.8, "macro_f1": 0.7}, "summary": {"rougeL": 0.3}}
+    baseline = {"tfidf_lora_tickets": same_tickets, "tfidf_all_tickets": {"category": {}}}
     scores = {"category": {"accuracy": 0.9, "macro_f1": 0.75}, "summary": {"rougeL": 0.35}}
     tasks = {"category": {"kind": "classification"}, "summary": {"kind": "generation"}}
     train = {"trainable_parameters": 34816, "train_runtime_s": 12.5, "lora_rank": 8}
@@ -323,7 +324,7 @@ def pr_workspace(make_workspace) -> Path:
     run(["git", "checkout", "-qb", "branch"], ws)
     set_params(ws / "params.yaml", {"lora_rank": 128})
     baseline = json.loads((ws / "metrics" / "baseline.json").read_text())
-    baseline["category"]["accuracy"] = 0.5
+    baseline["tfidf_all_tickets"]["category"]["accuracy"] = 0.5
     (ws / "metrics" / "baseline.json").write_text(json.dumps(baseline, indent=2))
     (ws / "metrics" / "train_loss.csv").write_text(
         curve + "".join(f"{s},{3 - 0.25 * s},,0.0002,1.0\n" for s in range(1, 11))
@@ -337,7 +338,7 @@ def test_pr_report_has_params_metrics_and_changed_plots(pr_workspace: Path) -> N
     show = ["git", "show", "main:params.yaml"]
     rank = yaml.safe_load(run(show, ws).stdout)["lora_rank"]
     show[-1] = "main:metrics/baseline.json"
-    accuracy = json.loads(run(show, ws).stdout)["category"]["accuracy"]
+    accuracy = json.loads(run(show, ws).stdout)["tfidf_all_tickets"]["category"]["accuracy"]
     if shutil.which("make"):
         run(["make", "pr-report", "BASE=main"], ws)
     else:
@@ -347,7 +348,10 @@ def test_pr_report_has_params_metrics_and_changed_plots(pr_workspace: Path) -> N
     params = text.split("### Params")[1].split("###")[0]
     assert re.search(rf"\| params.yaml\s*\| lora_rank\s*\| {rank}\s*\| 128\s*\|", params)
     metrics = text.split("### Metrics")[1].split("###")[0]
-    row = rf"\| metrics/baseline.json\s*\| category.accuracy\s*\| {accuracy}\s*\| 0.5\s*\| -0.\d+"
+    row = (
+        rf"\| metrics/baseline.json\s*\| tfidf_all_tickets.category.accuracy\s*\| {accuracy}"
+        rf"\s*\| 0.5\s*\| -0.\d+"
+    )
     assert re.search(row, metrics)
     plots = text.split("### Plots")[1]
     assert "#### Loss curve" in plots

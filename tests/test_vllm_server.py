@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from stages.common import PipelineError
+from stages.records import records_for_ticket
 from stages.vllm_server import OWNER_ENV, VLLMServer, group_pids
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,7 +94,11 @@ def command(pid: int) -> str:
         return ""
 
 
-def task_records(texts: list[str], tasks: tuple[str, ...] = ("category", "priority", "summary")):
+def task_records(
+    texts: list[str],
+    tasks: tuple[str, ...] = ("category", "priority", "summary"),
+    layout: str = "task",
+) -> list[dict[str, Any]]:
     """Prepared test records (as stages/prepare.py writes them) for the given ticket texts.
 
     The gold category and priority cycle through the label sets; the gold summary is the
@@ -106,19 +111,10 @@ def task_records(texts: list[str], tasks: tuple[str, ...] = ("category", "priori
             "priority": LABELS["priority"][i % len(LABELS["priority"])],
             "summary": text.splitlines()[0],
         }
-        for name in tasks:
-            instruction = PARAMS["tasks"][name]["instruction"]
-            instruction = instruction.replace("{labels}", ", ".join(LABELS.get(name, [])))
-            records.append(
-                {
-                    "id": f"T{i:04d}",
-                    "task": name,
-                    "system": PARAMS["default_system"],
-                    "instruction": instruction,
-                    "input": text,
-                    "output": gold[name],
-                }
-            )
+        answers = {name: gold[name] for name in tasks}
+        records += records_for_ticket(
+            f"T{i:04d}", text, answers, PARAMS["tasks"], LABELS, PARAMS["default_system"], layout
+        )
     return records
 
 
@@ -142,7 +138,7 @@ def mini_workspace(
     """A folder the evaluate stage runs in: params.yaml, data/prepared, metrics/baseline.json
     and models/merged (a link to `model`), without running the pipeline."""
     params = set_dotted(yaml.safe_load((REPO / "params.yaml").read_text()), overrides or {})
-    tasks = {r["task"] for r in records}
+    tasks = {name for r in records for name in r["tasks"]}
     params["tasks"] = {k: v for k, v in params["tasks"].items() if k in tasks}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     prepared = root / "data" / "prepared"
