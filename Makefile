@@ -107,6 +107,7 @@ TICKETS ?= 40
 REPEATS ?= 3
 bench: setup  ## measure serving, evaluation and pipeline speed -> BENCHMARKS.md
 	dvc repro
+	BENCH_REPEATS=$(REPEATS) python -m bench.train_speed
 	BENCH_TICKETS=$(TICKETS) BENCH_REPEATS=$(REPEATS) python -m bench.eval_speed
 	BENCH_TICKETS=$(TICKETS) BENCH_REPEATS=$(REPEATS) python -m bench.serving
 	BENCH_REPEATS=$(REPEATS) python -m bench.pipeline

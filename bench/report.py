@@ -218,9 +218,42 @@ def compile_trade_off(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def train_speed_section(r: dict[str, Any] | None) -> list[str]:
+    if not r:
+        return ["## Training throughput", "", "Not measured (`python -m bench.train_speed`).", ""]
+    before, after = r["before"], r["after"]
+    dtype = r["train_dtype"]
+    peak = r["gemm_peak"][dtype]["tflops"]
+    return [
+        "## Training throughput",
+        "",
+        f"`python -m bench.train_speed`: the train stage's LlamaFactory run, {r['steps']} "
+        f"optimizer steps, before (commit {r['before_rev']}: one record per ticket and task, "
+        "long prompts, padded batches, LoRA dropout 0.1, activation checkpointing) and after "
+        f"(the working tree's default), alternating, {r['repeats']} runs each. Tokens without "
+        "padding.",
+        "",
+        "| | before | after | after / before |",
+        "|---|---|---|---|",
+        f"| tokens/s | {mm(before['tokens_per_s'], '{:.1f}')} | "
+        f"{mm(after['tokens_per_s'], '{:.1f}')} | {r['tokens_per_s_ratio']}x |",
+        f"| tickets/s | {mm(before['tickets_per_s'], '{:.3f}')} | "
+        f"{mm(after['tickets_per_s'], '{:.3f}')} | {r['tickets_per_s_ratio']}x |",
+        f"| records/s | {mm(before['records_per_s'])} | {mm(after['records_per_s'])} | |",
+        "",
+        "Matrix-multiply peak of this machine (torch.matmul, best of 4 shapes): "
+        + ", ".join(f"{k} {v['tflops']:.3f} TFLOP/s" for k, v in r["gemm_peak"].items())
+        + f". The train stage computes in {dtype}; counting 4 x parameters x tokens of useful "
+        f"work, the default reaches {r['achieved_tflops']:.4f} TFLOP/s, "
+        f"{r['fraction_of_peak']:.0%} of the {dtype} peak ({peak:.3f}).",
+        "",
+    ]
+
+
 def main() -> None:
     serving, pipeline, speed = load("serving"), load("pipeline"), load("eval_speed")
-    machines = {machine_line(r["machine"]) for r in (serving, pipeline, speed) if r}
+    train_speed = load("train_speed")
+    machines = {machine_line(r["machine"]) for r in (serving, pipeline, speed, train_speed) if r}
     lines = [
         "# Benchmarks",
         "",
@@ -234,6 +267,7 @@ def main() -> None:
         "",
         *goals(serving, pipeline),
         "",
+        *train_speed_section(train_speed),
         *serving_section(serving),
         *pipeline_section(pipeline),
         *eval_speed_section(speed),
@@ -241,7 +275,8 @@ def main() -> None:
         "",
         "```",
         "make bench                      # all of it, then BENCHMARKS.md",
-        "python -m bench.eval_speed      # one part (with .venv on PATH, as make does)",
+        "python -m bench.train_speed     # one part (with .venv on PATH, as make does)",
+        "python -m bench.eval_speed",
         "python -m bench.serving",
         "python -m bench.pipeline",
         "python -m bench.report",

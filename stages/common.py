@@ -108,8 +108,8 @@ def write_yaml(path: str | Path, obj: Any, header: str = "") -> None:
 def cpu_has_bf16() -> bool:
     """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX); unknown counts as yes.
 
-    Where it does not, bf16 is emulated: measured 9x slower than fp32 for training and 5x for
-    serving on this project's CPU machine, so training and serving fall back to fp32 there.
+    Where it does not, bf16 is emulated, several times slower than float32, so training and
+    serving fall back to float32 there.
     """
     try:
         flags = Path("/proc/cpuinfo").read_text()

@@ -32,31 +32,51 @@ def bootstrap_interval(
     return [r4(low), r4(high)]
 
 
+def macro_f1_of_counts(confusion: np.ndarray, classes: np.ndarray | None = None) -> float:
+    """Macro-F1 from a confusion matrix (rows gold, columns predicted), averaged over
+    `classes`, or over the classes that occur in gold or predictions (sklearn's default)."""
+    tp = np.diag(confusion).astype(float)
+    gold, predicted = confusion.sum(axis=1), confusion.sum(axis=0)
+    if classes is None:
+        classes = np.flatnonzero((gold + predicted) > 0)
+    denominator = gold + predicted
+    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+    return float(f1[classes].mean()) if len(classes) else 0.0
+
+
 def classification(
     gold: Sequence[str], predicted: Sequence[str], labels: Sequence[str] | None = None
 ) -> dict[str, Any]:
     """Accuracy, macro-F1 and weighted-F1, with bootstrap intervals of the first two.
 
     `labels` restricts the F1 averages to these classes (the evaluate stage passes the
-    label set, so "(invalid)" is no class of its own); None means sklearn's default.
+    label set, so "(invalid)" is no class of its own); None means sklearn's default. The
+    resamples count a confusion matrix each (numpy), equal to sklearn's F1 and much faster.
     """
     from sklearn.metrics import accuracy_score, f1_score
 
-    g, p = np.asarray(gold, dtype=object), np.asarray(predicted, dtype=object)
+    names = sorted(set(gold) | set(predicted) | set(labels or []))
+    index = {name: i for i, name in enumerate(names)}
+    g = np.array([index[x] for x in gold])
+    p = np.array([index[x] for x in predicted])
+    k = len(names)
+    classes = None if labels is None else np.array([index[x] for x in labels])
 
     def macro(idx: np.ndarray) -> float:
-        return f1_score(g[idx], p[idx], labels=labels, average="macro", zero_division=0)
+        counts = np.bincount(g[idx] * k + p[idx], minlength=k * k).reshape(k, k)
+        return macro_f1_of_counts(counts, classes)
 
     def accuracy(idx: np.ndarray) -> float:
         return float((g[idx] == p[idx]).mean())
 
-    everything = np.arange(len(g))
     return {
-        "accuracy": r4(accuracy_score(g, p)),
+        "accuracy": r4(accuracy_score(gold, predicted)),
         "accuracy_ci95": bootstrap_interval(accuracy, len(g)),
-        "macro_f1": r4(macro(everything)),
+        "macro_f1": r4(f1_score(gold, predicted, labels=labels, average="macro", zero_division=0)),
         "macro_f1_ci95": bootstrap_interval(macro, len(g)),
-        "weighted_f1": r4(f1_score(g, p, labels=labels, average="weighted", zero_division=0)),
+        "weighted_f1": r4(
+            f1_score(gold, predicted, labels=labels, average="weighted", zero_division=0)
+        ),
     }
 
 

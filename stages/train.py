@@ -76,7 +76,7 @@ def command(config: dict[str, Any], launch: dict[str, Any]) -> tuple[list[str], 
     if gpu_count() == 0:
         cmd.append("use_cpu=true")
         if config.get("bf16") and not cpu_has_bf16():
-            # emulated bf16 measured 9x slower than fp32 on such a CPU; same maths, more precision
+            # emulated bf16 is several times slower than fp32 there; same maths, more precision
             cmd.append("bf16=false")
     cmd.append("report_to=tensorboard")
     nproc = int(launch.get("nproc_per_node") or 1)

@@ -174,9 +174,8 @@ def stop_group(pgid: int, grace_s: float, reap: Callable[[], object] | None = No
 
 def serving_dtype(dtype: str | None) -> str:
     """The dtype to serve with: serve.dtype, except bfloat16 on a CPU without native bfloat16,
-    where vLLM emulates it (oneDNN falls back to plain torch) and measured 5x slower than
-    float32 here (SmolLM2-135M, 2 AVX2 cores: 0.25 vs 1.33 requests/s). The same maths in
-    more precision; the train stage makes the same choice for training."""
+    where vLLM emulates it (oneDNN falls back to plain torch), several times slower than
+    float32. The same maths in more precision; the train stage makes the same choice."""
     dtype = str(dtype or "auto")
     if dtype == "bfloat16" and shutil.which("nvidia-smi") is None and not cpu_has_bf16():
         return "float32"

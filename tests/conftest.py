@@ -4,6 +4,7 @@
   enough to train and serve in seconds (head_dim 64: vLLM's CPU attention rejects 16).
 - `make_workspace`: a temporary git + DVC copy of this repository, where tests run
   `dvc repro` / `dvc exp run` exactly as a user would, without touching the real workspace.
+- `base_workspace`: such a copy with the embedded default converted (the real 135M model).
 - `tiny_workspace`: such a copy on the tiny model, run through merge; `tiny_experiments`: two
   experiments on it (lora_rank, lora_target), shared by the train and report tests.
 """
@@ -139,6 +140,16 @@ def set_params(path: Path, overrides: dict[str, object]) -> None:
 def dvc(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
     """Run DVC from the pipeline environment, as `make repro` does."""
     return run([sys.executable, "-m", "dvc", *args], cwd, **kw)
+
+
+@pytest.fixture(scope="session")
+def base_workspace(make_workspace) -> Path:
+    """One workspace where `dvc repro base_model` converted the embedded default (about 40 s):
+    the real SmolLM2-135M-Instruct as a Hugging Face folder, for the tests that need a model
+    that knows language."""
+    ws = make_workspace("base-model")
+    dvc(["repro", "base_model"], ws)
+    return ws
 
 
 # Small enough that the whole pipeline runs in a couple of minutes on 2 CPU cores.

@@ -16,14 +16,6 @@ from tests.conftest import dvc, run
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-@pytest.fixture(scope="session")
-def base_workspace(make_workspace) -> Path:
-    """One workspace where `dvc repro base_model` converted the embedded default."""
-    ws = make_workspace("base-model")
-    dvc(["repro", "base_model"], ws)
-    return ws
-
-
 @pytest.mark.slow
 def test_converted_model_generates_with_transformers(base_workspace: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -1,11 +1,16 @@
 """Training learns: the whole pipeline on a toy task a model can only solve by learning it.
 
-Each toy ticket names its category's keyword ("invoice" for billing, "parcel" for shipping,
-...). The tiny model starts random, so before training it answers one label for almost
-everything (chance is a third); after `dvc repro` (LlamaFactory LoRA, merge, vLLM serving
-with the label constraint) it must answer nearly every test ticket right. A pipeline that
-trained on the wrong answers, dropped the adapter in the merge, or served another prompt
-than it trained on fails here.
+Each toy ticket names its topic ("invoice", "parcel", "password reset", ...), and the answer
+is the team that owns the topic, under names no model could guess (billing -> north,
+shipping -> south, account -> west): before training, the constrained answer is right for
+about a third of the tickets at best. After `dvc repro` (LlamaFactory LoRA on the embedded
+SmolLM2-135M, merge, vLLM serving with the label constraint) it must be right for nearly
+all of them. A pipeline that trained on the wrong answers, lost the adapter in the merge, or
+served another prompt than it trained on fails here.
+
+(The tiny random test model cannot be the student: its frozen, tied embeddings are too
+small for any logit to stand out, and a random 2-layer network needs hundreds of steps to
+attend to one keyword.)
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import pytest
 from tests.conftest import dvc
 from tests.test_prepare import make_tickets
 
+TEAMS = {"billing": "north", "shipping": "south", "account": "west"}
 TOY = {
     "prepare.input": "data/raw/toy.csv",
     "prepare.test_size": 0.2,
@@ -25,17 +31,15 @@ TOY = {
     "val_size": 0.1,
     "max_samples": None,
     "tasks": {
-        "category": {
+        "team": {
             "kind": "classification",
-            "column": "category",
+            "column": "team",
             "labels": None,
-            "instruction": "the ticket's category",
-        }
-    },
+            "instruction": "the team that owns the ticket",
+        },
+    },  # fmt: skip
     "lora_rank": 16,
-    "learning_rate": 5.0e-3,
-    "num_train_epochs": 4.0,
-    "warmup_ratio": 0.0,
+    "num_train_epochs": 3.0,
     "eval_strategy": "no",
     "save_steps": 1000,
     "logging_steps": 5,
@@ -43,17 +47,17 @@ TOY = {
 
 
 @pytest.mark.slow
-def test_the_pipeline_learns_a_keyword_task(make_workspace, tiny_model: Path) -> None:
-    ws = make_workspace("learn", {**TOY, "base_model.source": str(tiny_model)})
+def test_the_pipeline_learns_a_keyword_task(make_workspace, base_workspace: Path) -> None:
+    base = base_workspace / "models" / "base"
+    ws = make_workspace("learn", {**TOY, "base_model.source": str(base)})
     tickets = make_tickets({"billing": 50, "shipping": 50, "account": 50}, long_rows=())
+    tickets["team"] = tickets["category"].map(TEAMS)
     (ws / "data" / "raw" / "toy.csv").write_text(tickets.to_csv(index=False))
-    dvc(["repro"], ws)
+    dvc(["repro", "evaluate"], ws)
 
-    scores = json.loads((ws / "metrics" / "eval.json").read_text())["category"]
-    majority = json.loads((ws / "metrics" / "baseline.json").read_text())["majority"]["category"]
-    assert scores["n"] == 30 and majority["accuracy"] == pytest.approx(1 / 3, abs=0.01)
-    assert scores["invalid_rate"] == 0
-    assert scores["accuracy"] >= 0.9, scores
+    scores = json.loads((ws / "metrics" / "eval.json").read_text())["team"]
+    assert scores["n"] == 30 and scores["invalid_rate"] == 0
+    assert scores["accuracy"] >= 0.9, scores  # a third is what guessing one team gets
     loss = (ws / "metrics" / "train_loss.csv").read_text().splitlines()[1:]
     first, last = (float(row.split(",")[1]) for row in (loss[0], loss[-1]))
     assert last < first / 2  # the loss fell, not just the answers

@@ -235,3 +235,21 @@ def test_interrupted_training_resumes_from_checkpoint(tiny_workspace: Path, tmp_
     ]
     # the log of the killed run is continued, not started over: step 1 was logged once
     assert steps.count(1) == 1 and max(steps) == total_steps
+
+
+@pytest.mark.parametrize(
+    "override", ["lora_rank=32", "learning_rate=5e-4", "lora_target='q_proj,v_proj'"]
+)
+def test_one_exp_run_override_changes_one_line(tmp_path: Path, override: str) -> None:
+    """params.yaml is in the form `dvc exp run -S` writes back (DVC's own round trip), so a
+    pull request that changes one hyperparameter shows a one-line params diff."""
+    from dvc.utils.hydra import apply_overrides
+
+    copy = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", copy)
+    apply_overrides(str(copy), [override])
+    before = (REPO / "params.yaml").read_text().splitlines()
+    after = copy.read_text().splitlines()
+    assert len(before) == len(after)
+    changed = [(a, b) for a, b in zip(before, after, strict=True) if a != b]
+    assert len(changed) == 1 and changed[0][1].startswith(override.split("=")[0] + ":")
