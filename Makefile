@@ -100,7 +100,7 @@ BASE ?= main
 pr-report:  ## reports/pr.md: dvc params/metrics/plots diff against BASE (default main)
 	python -m stages.report --pr $(BASE)
 
-# Benchmarks (bench/): scripts that measure, not tests. About 45 minutes on 2 CPU cores.
+# Benchmarks (bench/): scripts that measure, not tests. About an hour on 2 CPU cores.
 # TICKETS = test tickets per comparison (x 3 tasks; 0 = the whole test set), REPEATS = runs.
 .PHONY: bench
 TICKETS ?= 40

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from bench.common import ROOT, WORK, repeats, save, spread, timed
+from bench.pipeline import copy_repo
 from stages.common import cpu_has_bf16
 
 BEFORE = os.environ.get("BENCH_TRAIN_BEFORE", "4ac7663")
@@ -62,18 +63,10 @@ def gemm_peak() -> dict[str, Any]:
 def tree(label: str, rev: str | None) -> Path:
     """The project at `rev` (None: the working tree) in a scratch folder, sharing models/base."""
     dest = WORK / f"train-{label}"
-    if dest.exists():
-        shutil.rmtree(dest)
     if rev is None:
-        files = subprocess.run(
-            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-            cwd=ROOT, capture_output=True, text=True, check=True,
-        ).stdout.split("\0")  # fmt: skip
-        for rel in filter(None, files):
-            if (ROOT / rel).is_file():
-                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(ROOT / rel, dest / rel)
+        copy_repo(dest)
     else:
+        shutil.rmtree(dest, ignore_errors=True)
         dest.mkdir(parents=True)
         archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
@@ -91,7 +84,7 @@ def train_once(ws: Path) -> dict[str, float]:
     shutil.rmtree(out, ignore_errors=True)
     config = yaml.safe_load((ws / "configs" / "train.yaml").read_text())
     cmd = ["llamafactory-cli", "train", "configs/train.yaml", f"output_dir={out}",
-           f"max_steps={STEPS}", "eval_strategy=no", "save_strategy=no", "report_to=none",
+           f"max_steps={STEPS}", "eval_strategy='no'", "save_strategy='no'", "report_to=none",
            "include_num_input_tokens_seen=non_padding", "use_cpu=true"]  # fmt: skip
     if config.get("bf16") and not cpu_has_bf16():
         cmd.append("bf16=false")  # as the train stage decides on such a CPU
