@@ -101,7 +101,7 @@ pr-report:  ## reports/pr.md: dvc params/metrics/plots diff against BASE (defaul
 	python -m stages.report --pr $(BASE)
 
 # Benchmarks (bench/): scripts that measure, not tests. About an hour on 2 CPU cores.
-# TICKETS = test tickets per comparison (x 3 tasks; 0 = the whole test set), REPEATS = runs.
+# TICKETS = test tickets per comparison (their records; 0 = the whole test set), REPEATS = runs.
 .PHONY: bench
 TICKETS ?= 40
 REPEATS ?= 3

@@ -7,7 +7,7 @@ scores them, so a setting that changes the answers shows up next to the one that
 the speed. Each variant is one server start; its requests/s is the median of
 BENCH_REPEATS passes after a warm-up pass.
 
-    python -m bench.eval_speed    # BENCH_TICKETS=40 tickets (x 3 tasks), BENCH_REPEATS passes
+    python -m bench.eval_speed    # BENCH_TICKETS=40 tickets (their records), BENCH_REPEATS passes
 """
 
 from __future__ import annotations
