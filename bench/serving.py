@@ -81,7 +81,7 @@ def offline(
     requests = [
         {"messages": b["messages"], "max_tokens": b["max_tokens"],
          "structured": b.get("structured_outputs")}
-        for b in budgets(records, labels, params)
+        for b in request_bodies(records, labels, params)
     ]  # fmt: skip
     spec, result = WORK / "offline_spec.json", WORK / "offline_result.json"
     spec.write_text(json.dumps({"engine": engine, "requests": requests, "passes": n + 1}))
@@ -103,7 +103,7 @@ def offline(
     }
 
 
-def budgets(
+def request_bodies(
     records: list[dict[str, Any]], labels: dict[str, list[str]], params: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """The evaluate stage's request bodies (messages, token budget, answer constraint)."""
@@ -133,7 +133,7 @@ def llamafactory(
         "cutoff_len": params["cutoff_len"],
         "per_device_eval_batch_size": params["per_device_eval_batch_size"],
         # the served requests' own token budget: both stop at end-of-sequence or there
-        "max_new_tokens": max(r["max_tokens"] for r in budgets(records, labels, params)),
+        "max_new_tokens": max(r["max_tokens"] for r in request_bodies(records, labels, params)),
         "do_sample": False,  # greedy, like temperature 0 in the served requests
         "output_dir": str(output_dir),
         "overwrite_output_dir": True,
