@@ -61,11 +61,17 @@ format:  ## apply ruff's fixes and formatting
 clean:  ## remove pipeline outputs (not the environments, not the DVC cache)
 	rm -rf models/base models/adapter models/merged data/prepared data/eval runs
 
-.PHONY: serve chat
+.PHONY: serve chat parity
 
-# MODEL / PORT override what is served and where (default: models/merged on a free port).
+# MODEL / PORT override what is served and where (default: models/merged on a free port);
+# ADAPTER=models/adapter serves the adapter on MODEL (default models/base) with vLLM's LoRA.
 serve:  ## serve models/merged with vLLM for interactive use (prints URL, key, curl example)
-	python -m stages.vllm_server $(or $(MODEL),models/merged) $(if $(PORT),--port $(PORT))
+	python -m stages.vllm_server $(MODEL) $(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(PORT),--port $(PORT))
+
+parity: setup  ## adapter on the base model vs merged model, served alike: metrics/parity.json
+	dvc repro evaluate
+	python -m stages.evaluate --serve adapter --name adapter
+	python -m stages.parity
 
 chat:  ## triage one ticket with the `make serve` server: make chat TICKET="Subject: ..."
 	python -m stages.evaluate --chat

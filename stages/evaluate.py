@@ -54,11 +54,18 @@ from stages.common import (
     write_json,
     write_text,
 )
-from stages.records import constraint, messages, parse_answer, records_for_ticket
+from stages.records import (
+    constraint,
+    messages,
+    parse_answer,
+    records_for_ticket,
+    training_chat_template,
+)
 from stages.scoring import r4
 from stages.vllm_server import SERVE_INFO, VLLMServer, check_serve_params
 
 MODEL = Path("models/merged")
+BASE, ADAPTER = Path("models/base"), Path("models/adapter")  # evaluate.serve: adapter
 PREPARED = Path("data/prepared")
 METRICS = Path("metrics/eval.json")
 CONFUSION = Path("metrics/confusion")  # <task>.csv (DVC confusion plot) and <task>.png
@@ -91,6 +98,10 @@ def check_eval_params(cfg: Any) -> dict[str, Any]:
         not isinstance(url, str) or not url.startswith(("http://", "https://"))
     ):
         raise PipelineError(f"params.yaml evaluate.base_url: expected null or a URL, got {url!r}")
+    if cfg.get("serve", "merged") not in ("merged", "adapter"):
+        raise PipelineError(
+            f"params.yaml evaluate.serve: expected merged or adapter, got {cfg['serve']!r}"
+        )
     if url and not isinstance(cfg.get("api_key_env"), str):
         raise PipelineError(
             "params.yaml evaluate.api_key_env: expected an environment variable name"
@@ -508,13 +519,39 @@ def report(metrics: dict[str, Any], tasks: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- main
 
 
-def run(params: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class Outputs:
+    """Where one evaluation writes: the fine-tuned model's files, or a named variant's
+    (`--name base`: the base model zero-shot, served the same way) beside them."""
+
+    model: Path = MODEL
+    adapter: Path | None = None  # LoRA served on `model` by vLLM
+    metrics: Path = METRICS
+    predictions: Path = PREDICTIONS
+    confusion: Path | None = CONFUSION  # None: no confusion plots
+    server_log: Path = SERVER_LOG
+
+    @classmethod
+    def named(cls, model: Path, name: str) -> Outputs:
+        return cls(
+            model,
+            None,
+            METRICS.with_name(f"eval_{name}.json"),
+            PREDICTIONS.with_name(f"predictions_{name}.jsonl"),
+            None,
+            SERVER_LOG.parent.with_name(f"evaluate_{name}") / SERVER_LOG.name,
+        )
+
+
+def run(params: dict[str, Any], out: Outputs = Outputs()) -> None:
     cfg = check_eval_params(params.get("evaluate"))
+    if out.model == MODEL and cfg.get("serve") == "adapter":  # no merged model needed
+        out = dataclasses.replace(out, model=BASE, adapter=ADAPTER)
     serve = params.get("serve") or {}
     tasks = params["tasks"]
     records, labels = read_inputs(tasks)
 
-    if cfg.get("base_url"):
+    if cfg.get("base_url") and out.model == MODEL:  # a named variant is always served here
         url = normalise_url(cfg["base_url"])
         key = os.environ.get(cfg["api_key_env"], "")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -530,9 +567,16 @@ def run(params: dict[str, Any]) -> None:
         check_serve_params(serve)
         if cfg["concurrency"] > serve["max_num_seqs"]:
             print("evaluate: note: concurrency > serve.max_num_seqs: requests queue in vLLM")
-        server = VLLMServer(MODEL, serve, SERVER_LOG)
+        template = None
+        if out.adapter is not None:  # the base model's own template may not be the trained one
+            template = out.server_log.with_name("chat_template.jinja")
+            template.parent.mkdir(parents=True, exist_ok=True)
+            jinja = training_chat_template(out.model, params["template"], params["default_system"])
+            write_text(template, jinja)
+        server = VLLMServer(out.model, serve, out.server_log, out.adapter, template)
+        what = f"{out.adapter} on {out.model}" if out.adapter else str(out.model)
         print(
-            f"evaluate: starting vLLM on {MODEL}, dtype {server.dtype} (log: {SERVER_LOG})",
+            f"evaluate: starting vLLM on {what}, dtype {server.dtype} (log: {out.server_log})",
             flush=True,
         )
         with server:
@@ -548,7 +592,8 @@ def run(params: dict[str, Any]) -> None:
                 server.check_alive()  # dead: that error, with the log tail
                 raise server.failure(f"vLLM server stopped answering: {e}") from None
             startup_s = server.startup_s
-            served = {"model": str(MODEL), "dtype": server.dtype, "vllm": server.vllm_version()}
+            served = {"model": str(out.model), "adapter": out.adapter and str(out.adapter)}
+            served |= {"dtype": server.dtype, "vllm": server.vllm_version()}
         # the server is stopped before scoring
 
     errors = [o.error for o in outcomes if o.error is not None]
@@ -559,14 +604,15 @@ def run(params: dict[str, Any]) -> None:
     metrics["overall"] = overall(outcomes, wall_s, startup_s)
     metrics["served"] = served  # what answered: with evaluate.base_url, not models/merged
 
-    PREDICTIONS.parent.mkdir(parents=True, exist_ok=True)
-    write_text(PREDICTIONS, prediction_rows(rows, answers))
-    with atomic_dir(CONFUSION) as tmp:
-        for name, rows in confusion.items():
-            write_confusion(tmp, name, rows, labels[name])
-    write_json(METRICS, metrics)
+    out.predictions.parent.mkdir(parents=True, exist_ok=True)
+    write_text(out.predictions, prediction_rows(rows, answers))
+    if out.confusion is not None:
+        with atomic_dir(out.confusion) as tmp:
+            for name, rows in confusion.items():
+                write_confusion(tmp, name, rows, labels[name])
+    write_json(out.metrics, metrics)
     report(metrics, tasks)
-    print(f"evaluate: wrote {METRICS}, {CONFUSION}/, {PREDICTIONS}")
+    print(f"evaluate: wrote {out.metrics}, {out.predictions}")
 
 
 def chat(text: str) -> None:
@@ -619,10 +665,31 @@ def main(argv: list[str] | None = None) -> None:
         metavar="TEXT",
         help="triage one ticket with the server of `make serve` (TEXT, else $TICKET or stdin)",
     )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="serve this model folder instead, e.g. models/base for the zero-shot row "
+        "(with --name)",
+    )
+    parser.add_argument(
+        "--serve",
+        choices=("merged", "adapter"),
+        help="serve models/merged or models/adapter on models/base (default: evaluate.serve)",
+    )
+    parser.add_argument(
+        "--name",
+        help="write metrics/eval_NAME.json and data/eval/predictions_NAME.jsonl (no plots)",
+    )
     args = parser.parse_args(argv)
+    if (args.model is not None or args.serve is not None) and args.name is None:
+        parser.error("--model and --serve write beside the default outputs: give --name")
     try:
         if args.chat is None:
-            run(load_params())
+            params = load_params()
+            if args.serve:
+                params["evaluate"] = {**params["evaluate"], "serve": args.serve, "base_url": None}
+            out = Outputs.named(args.model or MODEL, args.name) if args.name else Outputs()
+            run(params, out)
         else:
             text = args.chat if args.chat != "-" else os.environ.get("TICKET") or sys.stdin.read()
             if not text.strip():

@@ -19,20 +19,17 @@ from pathlib import Path
 import yaml
 
 from stages.common import PipelineError, atomic_dir, run_main
+from stages.records import training_chat_template
 
 CONFIG = Path("configs/export.yaml")
 
 
 def install_training_template(folder: Path, template_name: str, default_system: str) -> None:
     """Replace the tokenizer's chat template with the one LlamaFactory trained with."""
-    from llamafactory.data import get_template_and_fix_tokenizer
-    from llamafactory.hparams import DataArguments
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    data_args = DataArguments(template=template_name, default_system=default_system)
-    template = get_template_and_fix_tokenizer(tokenizer, data_args)
-    tokenizer.chat_template = template._get_jinja_template(tokenizer)
+    tokenizer.chat_template = training_chat_template(folder, template_name, default_system)
     tokenizer.save_pretrained(folder)
 
 

@@ -27,6 +27,7 @@ per task) beside the alpaca fields; LlamaFactory ignores the extra fields.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 LAYOUTS = ("ticket", "task")
@@ -152,3 +153,17 @@ def parse_answer(content: str | None, names: list[str]) -> dict[str, str | None]
         if sep and name.strip() in found and found[name.strip()] is None:
             found[name.strip()] = value.strip()
     return found
+
+
+def training_chat_template(tokenizer_dir: str | Path, template: str, default_system: str) -> str:
+    """LlamaFactory's rendering of its training `template` as a Jinja chat template, with
+    `default_system` as the default system prompt: what the merged model's tokenizer gets,
+    and what vLLM is given (`--chat-template`) when it serves the adapter on the base
+    model, whose own template may differ (another default system prompt, for one)."""
+    from llamafactory.data import get_template_and_fix_tokenizer
+    from llamafactory.hparams import DataArguments
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    data_args = DataArguments(template=template, default_system=default_system)
+    return get_template_and_fix_tokenizer(tokenizer, data_args)._get_jinja_template(tokenizer)

@@ -198,11 +198,42 @@ def check_serve_params(params: Any) -> dict[str, Any]:
     return params
 
 
-class VLLMServer:
-    """Context manager around `python -m vllm.entrypoints.openai.api_server`."""
+# vLLM's accepted --max-lora-rank values (its LoRA kernels are built for these)
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
-    def __init__(self, model: str | Path, params: dict[str, Any], log_path: str | Path) -> None:
+
+def lora_rank_of(adapter: Path) -> int:
+    """The smallest --max-lora-rank vLLM accepts that holds the adapter's rank."""
+    config = adapter / "adapter_config.json"
+    try:
+        rank = int(json.loads(config.read_text(encoding="utf-8"))["r"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PipelineError(f"{config}: not a PEFT LoRA adapter config ({e})") from None
+    fitting = [r for r in LORA_RANKS if r >= rank]
+    if not fitting:
+        raise PipelineError(f"{config}: rank {rank} is above vLLM's largest ({LORA_RANKS[-1]})")
+    return fitting[0]
+
+
+class VLLMServer:
+    """Context manager around `python -m vllm.entrypoints.openai.api_server`.
+
+    With `adapter`, vLLM serves `model` as the base and the LoRA adapter on it under the
+    served model name (`--enable-lora`); the base alone answers as `<name>-base`.
+    `chat_template` replaces the model's own (the adapter was trained with LlamaFactory's).
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        params: dict[str, Any],
+        log_path: str | Path,
+        adapter: str | Path | None = None,
+        chat_template: str | Path | None = None,
+    ) -> None:
         self.model = Path(model)
+        self.adapter = Path(adapter) if adapter is not None else None
+        self.chat_template = Path(chat_template) if chat_template is not None else None
         self.params = check_serve_params(params)
         self.log_path = Path(log_path)
         self.host = "127.0.0.1"
@@ -234,7 +265,7 @@ class VLLMServer:
         cmd = [
             str(serve_python()), "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(self.model.resolve()),
-            "--served-model-name", self.name,
+            "--served-model-name", self.name if self.adapter is None else f"{self.name}-base",
             "--host", self.host,
             "--port", str(self.port),
             "--dtype", self.dtype,
@@ -250,6 +281,14 @@ class VLLMServer:
             cmd.append(f"--{prefix}enable-prefix-caching")
         if int(p.get("tensor_parallel_size") or 1) > 1:
             cmd += ["--tensor-parallel-size", str(p["tensor_parallel_size"])]
+        if self.adapter is not None:
+            cmd += [
+                "--enable-lora", "--max-loras", "1",
+                "--max-lora-rank", str(lora_rank_of(self.adapter)),
+                "--lora-modules", f"{self.name}={self.adapter.resolve()}",
+            ]  # fmt: skip
+        if self.chat_template is not None:
+            cmd += ["--chat-template", str(self.chat_template.resolve())]
         cmd += [str(a) for a in p.get("extra_args") or []]
         return cmd
 
@@ -295,6 +334,8 @@ class VLLMServer:
     def start(self) -> None:
         if not (self.model / "config.json").is_file():
             raise PipelineError(f"{self.model}: no model to serve (no config.json there)")
+        if self.adapter is not None:
+            lora_rank_of(self.adapter)  # a missing or foreign adapter fails here, not in vLLM
         if self.port and port_in_use(self.port, self.host):
             raise PipelineError(
                 f"serve.port {self.port}: {self.host}:{self.port} is already in use by another "
@@ -446,13 +487,23 @@ def curl_example(url: str, api_key: str, model: str) -> str:
     )
 
 
-def serve_forever(model: str, port: int | None, log_path: str) -> None:
+def serve_forever(model: str, port: int | None, log_path: str, adapter: str | None) -> None:
     """`make serve`: start the server, print how to reach it, wait for Ctrl-C."""
-    params = dict(load_params()["serve"])
+    all_params = load_params()
+    params = dict(all_params["serve"])
     if port is not None:
         params["port"] = port
-    print(f"starting vLLM on {model} (log: {log_path}) ...", flush=True)
-    with VLLMServer(model, params, log_path) as srv:
+    template = None
+    if adapter is not None:  # served on the base model, with the template it was trained with
+        from stages.records import training_chat_template
+
+        template = Path(log_path).with_name("serve_chat_template.jinja")
+        template.parent.mkdir(parents=True, exist_ok=True)
+        jinja = training_chat_template(model, all_params["template"], all_params["default_system"])
+        write_text(template, jinja)
+    what = f"{adapter} on {model}" if adapter else model
+    print(f"starting vLLM on {what} (log: {log_path}) ...", flush=True)
+    with VLLMServer(model, params, log_path, adapter, template) as srv:
         info = {"url": srv.url, "api_key": srv.api_key, "model": srv.name, "pid": srv.pid}
         SERVE_INFO.parent.mkdir(parents=True, exist_ok=True)
         write_text(SERVE_INFO, json.dumps(info) + "\n")
@@ -472,12 +523,16 @@ def serve_forever(model: str, port: int | None, log_path: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve a model with vLLM until Ctrl-C.")
-    parser.add_argument("model", nargs="?", default="models/merged")
+    parser.add_argument(
+        "model", nargs="?", help="default: models/merged, or models/base with --adapter"
+    )
+    parser.add_argument("--adapter", help="a LoRA adapter folder, served on MODEL")
     parser.add_argument("--port", type=int, default=None, help="default: serve.port or free")
     parser.add_argument("--log", default="runs/serve.log")
     args = parser.parse_args(argv)
     try:
-        serve_forever(args.model, args.port, args.log)
+        model = args.model or ("models/base" if args.adapter else "models/merged")
+        serve_forever(model, args.port, args.log, args.adapter)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -132,6 +132,10 @@ def test_bad_evaluate_params_fail_in_one_line() -> None:
         evaluate.check_eval_params({**cfg, "concurrency": 0})
     with pytest.raises(PipelineError, match="evaluate.base_url: expected null or a URL"):
         evaluate.check_eval_params({**cfg, "base_url": "localhost:8000"})
+    with pytest.raises(PipelineError, match="evaluate.serve: expected merged or adapter"):
+        evaluate.check_eval_params({**cfg, "serve": "lora"})
+    with pytest.raises(SystemExit):  # argparse: a second model's answers need their own name
+        evaluate.main(["--serve", "adapter"])
 
 
 # ----------------------------------------------------------------------------- fake server
@@ -500,3 +504,16 @@ def test_dvc_repro_evaluates_the_merged_model(tiny_workspace: Path, tmp_path: Pa
     assert "metrics/confusion/category.csv" in plots
     status = dvc(["status", "evaluate"], ws).stdout
     assert "changed" not in status  # dvc.lock records the run
+
+
+def test_parity_counts_identical_answers_per_task() -> None:
+    from stages import parity
+
+    merged = {("a", "priority"): "high", ("b", "priority"): "low", ("a", "summary"): "x y"}
+    adapter = {("a", "priority"): "high", ("b", "priority"): "medium", ("a", "summary"): "x y"}
+    result = parity.agreement(merged, adapter)
+    assert result["priority"]["n"] == 2 and result["priority"]["agreement"] == 0.5
+    assert result["priority"]["differing"] == [{"id": "b", "merged": "low", "adapter": "medium"}]
+    assert result["summary"] == {"n": 1, "agreement": 1.0, "differing": []}
+    with pytest.raises(PipelineError, match="answer different"):
+        parity.agreement(merged, {("a", "priority"): "high"})

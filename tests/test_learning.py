@@ -2,11 +2,13 @@
 
 Each toy ticket names its topic ("invoice", "parcel", "password reset", ...), and the answer
 is the team that owns the topic, under names no model could guess (billing -> north,
-shipping -> south, account -> west): before training, the constrained answer is right for
-about a third of the tickets at best. After `dvc repro` (LlamaFactory LoRA on the embedded
-SmolLM2-135M, merge, vLLM serving with the label constraint) it must be right for at least
-80 % of them. A pipeline that trained on the wrong answers, lost the adapter in the merge, or
-served another prompt than it trained on fails here.
+shipping -> south, account -> west): the base model zero-shot, served with the same prompt
+and label constraint (the evaluate_base stage), can only guess. After `dvc repro`
+(LlamaFactory LoRA on the embedded SmolLM2-135M, merge, vLLM serving with the label
+constraint) the fine-tuned model must be right for at least 80 % of them, and 30 points more
+often than the zero-shot row of the results table. A pipeline that trained on the wrong
+answers, lost the adapter in the merge, or served another prompt than it trained on fails
+here.
 
 (The tiny random test model cannot be the student: its frozen, tied embeddings are too
 small for any logit to stand out, and a random 2-layer network needs hundreds of steps to
@@ -16,11 +18,12 @@ attend to one keyword.)
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import dvc
+from tests.conftest import dvc, run
 from tests.test_prepare import make_tickets
 
 TEAMS = {"billing": "north", "shipping": "south", "account": "west"}
@@ -53,7 +56,7 @@ def test_the_pipeline_learns_a_keyword_task(make_workspace, base_workspace: Path
     tickets = make_tickets({"billing": 50, "shipping": 50, "account": 50}, long_rows=())
     tickets["team"] = tickets["category"].map(TEAMS)
     (ws / "data" / "raw" / "toy.csv").write_text(tickets.to_csv(index=False))
-    dvc(["repro", "evaluate"], ws)
+    dvc(["repro", "compare"], ws)  # train, merge, evaluate; the zero-shot row; the table
 
     scores = json.loads((ws / "metrics" / "eval.json").read_text())["team"]
     assert scores["n"] == 30 and scores["invalid_rate"] == 0
@@ -62,3 +65,16 @@ def test_the_pipeline_learns_a_keyword_task(make_workspace, base_workspace: Path
     loss = (ws / "metrics" / "train_loss.csv").read_text().splitlines()[1:]
     first, last = (float(row.split(",")[1]) for row in (loss[0], loss[-1]))
     assert last < first / 2  # the loss fell, not just the answers
+
+    # the base model, served with the same prompt and constraint, cannot know the names
+    zero_shot = json.loads((ws / "metrics" / "eval_base.json").read_text())["team"]
+    assert zero_shot["n"] == 30 and zero_shot["accuracy"] <= scores["accuracy"] - 0.3
+    table = (ws / "metrics" / "scores.md").read_text()
+    assert f"{zero_shot['accuracy']:.3f}" in table.split("base model zero-shot")[1].split("\n")[0]
+
+    # the adapter served on the base model by vLLM's LoRA support answers as the merged model
+    run([sys.executable, "-m", "stages.evaluate", "--serve", "adapter", "--name", "adapter"], ws)
+    run([sys.executable, "-m", "stages.parity"], ws)
+    parity = json.loads((ws / "metrics" / "parity.json").read_text())
+    assert parity["team"]["n"] == 30 and parity["team"]["agreement"] >= 0.99, parity
+    assert parity["served"]["adapter"]["adapter"] == "models/adapter"

@@ -304,6 +304,29 @@ def test_command_comes_from_params(tmp_path: Path) -> None:
     assert tuned.command()[-2:] == extra["extra_args"]
 
 
+def test_an_adapter_is_served_on_the_base_model_under_the_served_name(tmp_path: Path) -> None:
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 24, "peft_type": "LORA"}))
+    template = tmp_path / "chat_template.jinja"
+    server = VLLMServer(fake_model(tmp_path / "m"), SERVE, tmp_path / "log", adapter, template)
+    cmd = server.command()
+    flags = dict(zip(cmd[3::2], cmd[4::2], strict=False))
+    name = SERVE["served_model_name"]
+    assert flags["--served-model-name"] == f"{name}-base"  # requests for `name` get the LoRA
+    assert cmd[cmd.index("--lora-modules") + 1] == f"{name}={adapter.resolve()}"
+    assert cmd[cmd.index("--max-lora-rank") + 1] == "32"  # the next rank vLLM accepts
+    assert "--enable-lora" in cmd
+    assert cmd[cmd.index("--chat-template") + 1] == str(template.resolve())
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 1024}))
+    with pytest.raises(PipelineError, match="rank 1024 is above vLLM's largest"):
+        server.command()
+    (adapter / "adapter_config.json").unlink()
+    with pytest.raises(PipelineError, match="adapter_config.json: not a PEFT LoRA adapter"):
+        server.start()  # before anything is spawned
+    assert server.proc is None
+
+
 def test_bf16_is_served_as_float32_where_the_cpu_only_emulates_it(monkeypatch) -> None:
     from stages import vllm_server
 
