@@ -16,11 +16,12 @@ to `/v1/chat/completions` and scores the answers:
   a request that times out (`evaluate.request_timeout_s`) or still fails is an error in the
   metrics, never a hang; if the server dies the stage stops at once with the log tail.
 
-Outputs: `metrics/eval.json` (per task: accuracy, macro-F1, weighted-F1, the scikit-learn
-classification report and invalid rate, or ROUGE-1/2/L, with bootstrap intervals;
-latency percentiles and throughput), `metrics/confusion/<task>.csv`
-(rows actual,predicted: DVC's confusion plot) and `<task>.png`, and every prediction in
-`data/eval/predictions.jsonl`.
+Outputs: `metrics/eval.json`, the headlines `dvc metrics diff` shows (per task: accuracy,
+macro-F1, weighted-F1 and invalid rate, or ROUGE-1/2/L, with bootstrap intervals; latency
+percentiles and throughput), `metrics/eval_report.json` (scikit-learn's per-class report,
+not diffed), `metrics/confusion/<task>.csv` (rows actual,predicted: DVC's confusion plot)
+and `<task>.png`, and every prediction in `data/eval/predictions.jsonl` (committed: the PR
+report compares two commits' predictions ticket by ticket).
 
 `python -m stages.evaluate --chat "ticket text"` (`make chat`) triages one ticket with the
 server of `make serve`, with exactly the requests this stage sends.
@@ -610,6 +611,12 @@ def run(params: dict[str, Any], out: Outputs = Outputs()) -> None:
         with atomic_dir(out.confusion) as tmp:
             for name, rows in confusion.items():
                 write_confusion(tmp, name, rows, labels[name])
+    # the per-class report goes beside the headline file, so `dvc metrics diff` shows headlines
+    details = {
+        name: m.pop("classification_report") for name, m in metrics.items() if isinstance(m, dict)
+        and "classification_report" in m
+    }  # fmt: skip
+    write_json(out.metrics.with_name(out.metrics.stem + "_report.json"), details)
     write_json(out.metrics, metrics)
     report(metrics, tasks)
     print(f"evaluate: wrote {out.metrics}, {out.predictions}")

@@ -17,9 +17,13 @@ A run's `metrics/eval.json` counts only if `dvc.lock` shows it was computed on t
 merged model; an experiment run only up to `merge` (or whose evaluation is stale) is
 "not evaluated".
 
-The pull-request review needs only DVC and git (CI installs nothing else): it imports nothing
-beyond the standard library and calls `dvc params diff`, `dvc metrics diff` and
-`dvc plots diff --json`.
+The pull-request review needs DVC, git, numpy and rouge-score (the CI job installs no more):
+it calls `dvc status` (a stage whose params, code or data changed without `dvc repro` makes
+the committed metrics stale, and the report says so first), `dvc params diff`,
+`dvc metrics diff` (the headline scores only: per-class reports are in files DVC does not
+diff) and `dvc plots diff --json`, and pairs the committed per-ticket predictions of both
+commits (`data/eval/predictions.jsonl`) to mark each headline change as beyond noise or not
+(a paired bootstrap, `stages/scoring.py`).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ BASELINE_METRICS = "metrics/baseline.json"
 LOSS_CURVE = "metrics/train_loss.csv"
 TRAINER_STATE = "models/adapter/trainer_state.json"  # DVC-cached: grad_norm per step
 CONFUSION_DIR = "metrics/confusion"
+PREDICTIONS = "data/eval/predictions.jsonl"  # committed: paired across commits by ticket
 PR_MARKER = "<!-- dvc-pr-report -->"  # lets a CI job find and update its own comment
 
 
@@ -744,15 +749,93 @@ def _table_or_none(md: str) -> str | None:
     return "\n".join(lines) if len(lines) > 2 else None
 
 
+def read_predictions(text: str | None) -> dict[tuple[str, str], tuple[str, str]]:
+    """(ticket id, task) -> (gold, predicted) from a predictions.jsonl text."""
+    rows = [json.loads(line) for line in (text or "").splitlines() if line.strip()]
+    return {(r["id"], r["task"]): (r["gold"], r["predicted"] or "") for r in rows}
+
+
+def noise_section(base: str) -> str:
+    """Each headline change between `base`'s committed predictions and the workspace's, on the
+    test tickets both answered with the same gold answer, with a paired-bootstrap interval."""
+    from stages.scoring import paired_deltas  # numpy and rouge-score: the CI job installs both
+
+    before = read_predictions(Run("base", base, {}, {}).read(PREDICTIONS))
+    after = read_predictions(Run("head", None, {}, {}).read(PREDICTIONS))
+    if not before or not after:
+        side = "`" + base + "`" if not before else "this branch"
+        return f"No per-ticket predictions ({PREDICTIONS}) at {side}: nothing to pair."
+    params = yaml_tasks()
+    rows = []
+    for task in dict.fromkeys(t for _, t in after):
+        keys = [k for k in after if k[1] == task and k in before and before[k][0] == after[k][0]]
+        if not keys:
+            continue
+        kind = params.get(task, {}).get("kind", "classification")
+        gold = [after[k][0] for k in keys]
+        answers = [before[k][1] for k in keys], [after[k][1] for k in keys]
+        scores = paired_deltas(gold, *answers, kind)
+        for metric, d in scores.items():
+            low, high = d["delta_ci95"]
+            verdict = "beyond noise" if low > 0 or high < 0 else "within noise"
+            rows.append([
+                task, metric, len(keys), d["base"], d["head"], f"{d['delta']:+.4f}",
+                f"[{low:+.4f}, {high:+.4f}]", verdict,
+            ])  # fmt: skip
+    if not rows:
+        return "The two commits share no test ticket with the same gold answer: nothing to pair."
+    header = ["task", "score", "tickets", base, "this branch", "change", "95 % interval", ""]
+    return (
+        md_table(header, rows)
+        + "\n\nPaired bootstrap over the test tickets both commits answered (1000 resamples): "
+        "a change whose interval excludes 0 is beyond noise."
+    )
+
+
+def yaml_tasks() -> dict[str, Any]:
+    """The workspace's `tasks:` in params.yaml: the kind of each task."""
+    import yaml
+
+    return (yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8")) or {}).get("tasks", {})
+
+
+def stale_stages() -> list[str]:
+    """Stages whose code, params or committed inputs changed since dvc.lock (`dvc status`):
+    their committed metrics are not this branch's. A file that is merely absent ("deleted":
+    a model or prepared data in the DVC cache, not in a CI checkout) does not count."""
+    status = json.loads(dvc("status", "--json") or "{}")
+
+    def changed(entry: Any) -> bool:
+        if isinstance(entry, list):
+            return any(changed(e) for e in entry)
+        if isinstance(entry, dict):
+            return any(
+                changed(v) for k, v in entry.items() if k not in ("changed outs", "deleted")
+            )
+        return entry != "deleted"
+
+    return sorted(name.split(":")[-1] for name, entries in status.items() if changed(entries))
+
+
 def pr_report(base: str) -> str:
     head = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     params = _table_or_none(dvc("params", "diff", base, "--md"))
     metrics = _table_or_none(dvc("metrics", "diff", base, "--md"))
+    stale = stale_stages()
+    warning = (
+        f"**Stale:** {', '.join(f'`{s}`' for s in stale)} changed since `dvc.lock` (params, "
+        "code or data) and did not rerun: the metrics below are not this branch's. Run "
+        "`dvc repro` and commit `dvc.lock` and `metrics/`."
+        if stale
+        else "Every stage is up to date with `dvc.lock` (`dvc status`)."
+    )
     return "\n".join([
         PR_MARKER,
         f"## DVC: this branch ({head or 'workspace'}) vs `{base}`",
+        "",
+        warning,
         "",
         "### Params",
         "",
@@ -761,6 +844,10 @@ def pr_report(base: str) -> str:
         "### Metrics",
         "",
         metrics or "No metrics changed.",
+        "",
+        "### Beyond noise?",
+        "",
+        noise_section(base),
         "",
         "### Plots",
         "",
