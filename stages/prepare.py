@@ -16,8 +16,10 @@ were, and a first run leaves nothing behind.
 from __future__ import annotations
 
 import codecs
+import hashlib
 import io
 import json
+import re
 import string
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,8 @@ OUT = Path("data/prepared")
 METRICS = Path("metrics/data.json")
 SPLITS = ("train", "validation", "test")
 KINDS = ("classification", "generation")
+DUPLICATES = ("error", "drop")  # prepare.duplicates: what a second copy of a ticket does
+NOT_WORD = re.compile(r"[\W\d_]+")  # near-duplicate key: letters only, digits and punctuation out
 # How LlamaFactory maps our record fields onto an alpaca example (the extra "id" and "task"
 # fields are ignored by LlamaFactory and read by the evaluate stage).
 ALPACA_COLUMNS = {
@@ -70,9 +74,16 @@ def check_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict
     prep = params.get("prepare")
     if not isinstance(prep, dict):
         raise PipelineError("params.yaml: missing section prepare")
-    for key in ("input", "id_column", "text_columns"):
+    for key in ("input", "text_columns"):
         if not prep.get(key):
             raise PipelineError(f"params.yaml prepare.{key}: missing")
+    if prep.get("id_column") is not None and not isinstance(prep["id_column"], str):
+        raise PipelineError("params.yaml prepare.id_column: expected a column name or null")
+    if prep.get("duplicates", "error") not in DUPLICATES:
+        raise PipelineError(
+            f"params.yaml prepare.duplicates: unknown policy {prep.get('duplicates')!r} "
+            f"(expected {' or '.join(DUPLICATES)})"
+        )
     columns = prep["text_columns"]
     if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
         raise PipelineError("params.yaml prepare.text_columns: expected a list of column names")
@@ -230,17 +241,22 @@ def where(path: Path, row: int, ticket_id: str, columns: str | list[str]) -> str
 
 def build_tickets(
     frame: pd.DataFrame, path: Path, prep: dict[str, Any], tasks: dict[str, dict[str, Any]]
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Check every row and turn it into a ticket: (tickets, answers), aligned by index.
+) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Check every row and turn it into a ticket: (tickets, answers, duplicates dropped),
+    tickets and answers aligned by index.
 
-    tickets has row (1-based), id, text (rendered, truncated), key (whitespace- and
-    case-normalised full text, to find the same ticket twice) and truncated; answers has
-    one column per task.
+    tickets has row (1-based), id (`prepare.id_column`, or made from the text), text
+    (rendered, truncated), key (whitespace- and case-normalised full text, to find the same
+    ticket twice), near_key (letters only: the same ticket with other numbers or
+    punctuation) and truncated; answers has one column per task. A second ticket with the
+    id or text of an earlier one is an error, or with `prepare.duplicates: drop` left out.
     """
     if frame.empty:
         raise PipelineError(f"{path}: no tickets")
-    id_column, text_columns = prep["id_column"], prep["text_columns"]
-    needed = {id_column: "prepare.id_column"} | {c: "prepare.text_columns" for c in text_columns}
+    id_column, text_columns = prep.get("id_column"), prep["text_columns"]
+    needed = {c: "prepare.text_columns" for c in text_columns}
+    if id_column is not None:
+        needed = {id_column: "prepare.id_column"} | needed
     needed |= {task["column"]: f"tasks.{name}.column" for name, task in tasks.items()}
     missing = [c for c in needed if c not in frame.columns]
     stop_if(
@@ -251,21 +267,31 @@ def build_tickets(
         ]
     )
 
+    drop = prep.get("duplicates", "error") == "drop"
     problems: list[str] = []
-    first_row_of: dict[str, int] = {}
-    tickets, answers = [], []
+    first_row_of: dict[str, int] = {}  # id -> row, and normalised text -> row
+    tickets, answers, dropped = [], [], 0
     for row, record in enumerate(frame.to_dict("records"), start=1):
-        ticket_id = record[id_column].strip()
+        parts = {c: record[c].strip() for c in text_columns}
+        text = prep["text_template"].format_map(parts).strip()
+        key = " ".join(text.split()).casefold()
+        # no id column: an id from the text itself, the same however the export is sorted
+        ticket_id = record[id_column].strip() if id_column else text_id(key)
+        first = first_row_of.get(ticket_id) or first_row_of.get("\0" + key)
+        if first is not None and drop:  # a second copy (same id or same text): keep the first
+            dropped += 1
+            continue
         if not ticket_id:
             problems.append(f"{where(path, row, '', id_column)}: empty id")
         elif ticket_id in first_row_of:
+            column = f"column '{id_column}'" if id_column else "the ticket text (no id column)"
             problems.append(
-                f"{path}: rows {first_row_of[ticket_id]} and {row}, column '{id_column}': "
-                f"duplicate id {ticket_id}"
+                f"{path}: rows {first_row_of[ticket_id]} and {row}, {column}: "
+                f"duplicate id {ticket_id} (prepare.duplicates: drop keeps the first)"
             )
         else:
             first_row_of[ticket_id] = row
-        parts = {c: record[c].strip() for c in text_columns}
+        first_row_of.setdefault("\0" + key, row)
         if not any(parts.values()):
             problems.append(f"{where(path, row, ticket_id, text_columns)}: empty ticket text")
         answer = {}
@@ -284,19 +310,24 @@ def build_tickets(
                     f"(params.yaml tasks.{name}.labels)"
                 )
             answer[name] = value
-        text = prep["text_template"].format_map(parts).strip()
         tickets.append(
             {
                 "row": row,
                 "id": ticket_id,
                 "text": text[: prep["max_chars"]],
-                "key": " ".join(text.split()).casefold(),
+                "key": key,
+                "near_key": NOT_WORD.sub(" ", key).strip(),
                 "truncated": len(text) > prep["max_chars"],
             }
         )
         answers.append(answer)
     stop_if(problems)
-    return pd.DataFrame(tickets), pd.DataFrame(answers, columns=list(tasks))
+    return pd.DataFrame(tickets), pd.DataFrame(answers, columns=list(tasks)), dropped
+
+
+def text_id(key: str) -> str:
+    """A ticket id made from its normalised text (prepare.id_column: null)."""
+    return "T" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def check_class_sizes(
@@ -387,6 +418,18 @@ def check_leakage(tickets: pd.DataFrame, path: Path, text_columns: list[str]) ->
     stop_if(problems)  # groups come in order of their first row
 
 
+def near_duplicates(tickets: pd.DataFrame) -> dict[str, int]:
+    """Validation and test tickets whose text, without case, digits and punctuation, is also
+    a training ticket's: a score on them measures recall of a template, not generalisation.
+    Counted, not refused (real queues repeat themselves); `metrics/data.json` shows it."""
+    seen = set(tickets.loc[tickets["split"] == "train", "near_key"])
+    in_train = tickets["near_key"].isin(seen)
+    return {
+        f"{split}_in_train": int(in_train[tickets["split"] == split].sum())
+        for split in ("validation", "test")
+    }
+
+
 def label_sets(
     tickets: pd.DataFrame, answers: pd.DataFrame, tasks: dict[str, dict[str, Any]], path: Path
 ) -> dict[str, list[str]]:
@@ -475,7 +518,7 @@ def main() -> None:
     path = Path(prep["input"])
 
     frame = read_input(path)
-    tickets, answers = build_tickets(frame, path, prep, tasks)
+    tickets, answers, dropped = build_tickets(frame, path, prep, tasks)
     stratify_on = next((n for n, t in tasks.items() if t["kind"] == "classification"), None)
     strata = None if stratify_on is None else answers[stratify_on]
     if strata is not None:
@@ -507,6 +550,8 @@ def main() -> None:
         )
         write_json(tmp / "labels.json", labels)
     metrics = data_metrics(frame, tickets, answers, records, labels)
+    metrics["duplicates_dropped"] = dropped
+    metrics["near_duplicates"] = near_duplicates(tickets)
     write_json(METRICS, metrics)
     print(
         f"prepare: {len(tickets)} tickets -> "

@@ -261,6 +261,21 @@ ERROR_CASES = [
     ),
     case("leakage", csv_bytes(same_text_tickets()), LEAKAGE),
     case(
+        "duplicate_text_without_id_column",
+        csv_bytes(edited(subject={3: "x", 12: "x"}, body={3: "s", 12: "s"}).drop(columns="id")),
+        re.compile(
+            r"tickets\.csv: rows 3 and 12, the ticket text \(no id column\): duplicate id "
+            r"T[0-9a-f]{12} \(prepare\.duplicates: drop keeps the first\)"
+        ),
+        {"id_column": None},
+    ),
+    case(
+        "unknown_duplicates_policy",
+        CSV,
+        "params.yaml prepare.duplicates: unknown policy 'keep' (expected error or drop)",
+        {"duplicates": "keep"},
+    ),
+    case(
         "not_utf8",
         latin1_on_row(4),
         "tickets.csv: line 5: not valid UTF-8 (byte 0xe9); re-export the file as UTF-8",
@@ -539,3 +554,42 @@ def test_llamafactory_loads_the_prepared_dataset(
     assert gold[0]["system"] in prompt and gold[0]["instruction"] in prompt
     assert gold[0]["input"] in prompt
     assert gold[0]["output"] in answer and gold[0]["input"] not in answer
+
+
+def test_no_id_column_numbers_tickets_by_their_text(tmp_path: Path) -> None:
+    """Ids made from the text: the same tickets get the same ids in any row order."""
+    frame = make_tickets(long_rows=()).drop(columns="id")
+    params = make_params({"id_column": None})
+    ids = []
+    for name, rows in (("sorted", frame), ("shuffled", frame.sample(frac=1, random_state=1))):
+        assert prepare_in(tmp_path / name, rows, params).returncode == 0
+        records = [r for s in split_records(tmp_path / name).values() for r in s]
+        ids.append({r["input"]: r["id"] for r in records})
+    assert ids[0] == ids[1] and len(set(ids[0].values())) == len(frame)
+    assert all(re.fullmatch(r"T[0-9a-f]{12}", i) for i in ids[0].values())
+
+
+def test_duplicates_drop_keeps_the_first_and_counts(tmp_path: Path) -> None:
+    frame = make_tickets(long_rows=())
+    copies = frame.iloc[[3, 7]].assign(id=["X1", "X2"])  # same text, other ids
+    again = frame.iloc[[5]]  # same id
+    data = pd.concat([frame, copies, again], ignore_index=True)
+    result = prepare_in(tmp_path, data, make_params({"duplicates": "drop"}))
+    assert result.returncode == 0, result.stderr
+    metrics = metrics_of(tmp_path)
+    assert metrics["input_rows"] == 63 and metrics["duplicates_dropped"] == 3
+    assert metrics["tickets"]["total"] == 60
+    ids = {r["id"] for s in split_records(tmp_path).values() for r in s}
+    assert "X1" not in ids and "X2" not in ids  # the first copy stays
+
+
+def test_near_duplicates_across_splits_are_counted(prepared: Path) -> None:
+    """make_tickets' bodies differ only in their numbers: many test tickets repeat a
+    training ticket up to digits, and data.json says how many."""
+    near = metrics_of(prepared)["near_duplicates"]
+    records = split_records(prepared)
+    strip = lambda text: " ".join(re.sub(r"[\W\d_]+", " ", text.casefold()).split())  # noqa: E731
+    train = {strip(r["input"]) for r in records["train"]}
+    expected = sum(strip(r["input"]) in train for r in records["test"])
+    assert near["test_in_train"] == expected > 0
+    assert set(near) == {"validation_in_train", "test_in_train"}
