@@ -10,7 +10,8 @@ to `/v1/chat/completions` and scores the answers:
 - temperature 0; the answer is constrained with structured outputs to the record's shape:
   a label of the set for a classification task, one `name: answer` line per task for a
   record that answers all tasks at once (a regular expression), so every label is valid;
-  generation answers get `evaluate.max_tokens` each;
+  each generation answer gets its task's `max_tokens` (params.yaml `tasks`), else
+  `evaluate.max_tokens`;
 - at most `evaluate.concurrency` requests in flight (asyncio + httpx), a progress bar;
   connection errors, 429 and 5xx are retried with exponential backoff (`evaluate.retries`);
   a request that times out (`evaluate.request_timeout_s`) or still fails is an error in the
@@ -138,8 +139,24 @@ def read_inputs(tasks: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, 
 # ----------------------------------------------------------------------------- requests
 
 
+def token_budgets(tasks: dict[str, Any], default: int) -> dict[str, int]:
+    """max_tokens per generation task: its own `max_tokens` in params.yaml `tasks` (a reply
+    needs more than a one-line summary), else evaluate.max_tokens."""
+    budgets = {}
+    for name, task in tasks.items():
+        if task["kind"] == "generation":
+            value = task.get("max_tokens")
+            if value is not None:
+                param_integer(value, f"tasks.{name}.max_tokens", 1)
+            budgets[name] = int(value or default)
+    return budgets
+
+
 def request_body(
-    record: dict[str, Any], model: str, labels: dict[str, list[str]], max_tokens: int
+    record: dict[str, Any],
+    model: str,
+    labels: dict[str, list[str]],
+    max_tokens: int | dict[str, int],
 ) -> dict[str, Any]:
     """One chat-completions request, its answer constrained to the record's shape
     (stages/records.py: label sets for classification, one line per task)."""
@@ -291,9 +308,12 @@ def send_all(
     labels: dict[str, list[str]],
     endpoint: Endpoint,
     cfg: dict[str, Any],
+    budgets: dict[str, int] | None = None,
 ) -> tuple[list[Outcome], float]:
-    """Send every record; returns the outcomes (in record order) and the wall time."""
-    bodies = [request_body(r, endpoint.model, labels, int(cfg["max_tokens"])) for r in records]
+    """Send every record; returns the outcomes (in record order) and the wall time.
+    `budgets`: max_tokens per generation task (token_budgets); default evaluate.max_tokens."""
+    budget = budgets or int(cfg["max_tokens"])
+    bodies = [request_body(r, endpoint.model, labels, budget) for r in records]
     started = time.monotonic()
     outcomes = asyncio.run(_send_all(bodies, endpoint, cfg))
     return outcomes, time.monotonic() - started
@@ -551,6 +571,7 @@ def run(params: dict[str, Any], out: Outputs = Outputs()) -> None:
     serve = params.get("serve") or {}
     tasks = params["tasks"]
     records, labels = read_inputs(tasks)
+    budgets = token_budgets(tasks, int(cfg["max_tokens"]))
 
     if cfg.get("base_url") and out.model == MODEL:  # a named variant is always served here
         url = normalise_url(cfg["base_url"])
@@ -559,7 +580,9 @@ def run(params: dict[str, Any], out: Outputs = Outputs()) -> None:
         model = remote_model(url, headers, serve.get("served_model_name"), cfg["api_key_env"])
         print(f"evaluate: {len(records)} requests to {url} (model {model!r})", flush=True)
         try:
-            outcomes, wall_s = send_all(records, labels, Endpoint(url, headers, model), cfg)
+            outcomes, wall_s = send_all(
+                records, labels, Endpoint(url, headers, model), cfg, budgets
+            )
         except ServerGone as e:
             raise PipelineError(f"evaluate.base_url {url} stopped answering: {e}") from None
         startup_s = None
@@ -588,7 +611,7 @@ def run(params: dict[str, Any], out: Outputs = Outputs()) -> None:
             )
             endpoint = Endpoint(server.url, server.headers, server.name, server.check_alive)
             try:
-                outcomes, wall_s = send_all(records, labels, endpoint, cfg)
+                outcomes, wall_s = send_all(records, labels, endpoint, cfg, budgets)
             except ServerGone as e:
                 server.check_alive()  # dead: that error, with the log tail
                 raise server.failure(f"vLLM server stopped answering: {e}") from None
@@ -651,7 +674,8 @@ def chat(text: str) -> None:
     gold = dict.fromkeys(tasks, "")  # a request: no gold answers
     system = params["default_system"]
     for rec in records_for_ticket("chat", text, gold, tasks, labels, system, layout):
-        body = request_body(rec, model, labels, int(cfg.get("max_tokens") or 64))
+        budgets = token_budgets(tasks, int(cfg.get("max_tokens") or 64))
+        body = request_body(rec, model, labels, budgets)
         try:
             r = httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=120)
         except httpx.HTTPError as e:

@@ -116,19 +116,21 @@ def label_max_tokens(labels: list[str]) -> int:
 
 
 def constraint(
-    names: list[str], labels: dict[str, list[str]], max_tokens: int
+    names: list[str], labels: dict[str, list[str]], max_tokens: int | dict[str, int]
 ) -> tuple[dict[str, Any] | None, int]:
     """vLLM `structured_outputs` and `max_tokens` for a record answering `names`.
 
-    One classification task: the label set as a choice. One generation task: free text.
+    One classification task: the label set as a choice. One generation task: free text, up
+    to its budget (`max_tokens`: one number for every generation task, or one per task).
     Several: a regular expression of the whole answer, a label set per classification line
-    and one line of free text per generation line.
+    and one line of free text per generation line; the budget is the sum of theirs.
     """
+    budgets = max_tokens if isinstance(max_tokens, dict) else dict.fromkeys(names, max_tokens)
     if len(names) == 1:
         name = names[0]
         if name in labels:
             return {"choice": labels[name]}, label_max_tokens(labels[name])
-        return None, max_tokens
+        return None, budgets[name]
     parts, budget = [], 0
     for name in names:
         if name in labels:
@@ -136,7 +138,7 @@ def constraint(
             budget += label_max_tokens(labels[name])
         else:
             parts.append(f"{re.escape(name)}: [^\\n]+")
-            budget += max_tokens
+            budget += budgets[name]
         budget += len(name.encode("utf-8")) + 2  # "name: " and the line break, a byte a token
     return {"regex": "\n".join(parts)}, budget
 

@@ -72,6 +72,22 @@ def test_request_bodies() -> None:
     assert "structured_outputs" not in body and body["max_tokens"] == 64
 
 
+def test_each_generation_task_has_its_own_token_budget() -> None:
+    tasks = {
+        "category": {"kind": "classification", "max_tokens": 5},  # labels decide, not this
+        "summary": {"kind": "generation"},
+        "reply": {"kind": "generation", "max_tokens": 300},
+    }
+    budgets = evaluate.token_budgets(tasks, 64)
+    assert budgets == {"summary": 64, "reply": 300}
+    with pytest.raises(PipelineError, match="tasks.reply.max_tokens: expected an integer >= 1"):
+        evaluate.token_budgets({"reply": {"kind": "generation", "max_tokens": 0}}, 64)
+    (ticket,) = task_records(["Subject: Refund\n\nPlease refund order 12."], layout="ticket")
+    one_number = evaluate.request_body(ticket, "m", LABELS, max_tokens=64)["max_tokens"]
+    per_task = evaluate.request_body(ticket, "m", LABELS, {"summary": 200})["max_tokens"]
+    assert per_task - one_number == 200 - 64
+
+
 def test_a_ticket_record_is_constrained_to_one_line_per_task() -> None:
     import re
 
