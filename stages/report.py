@@ -809,9 +809,7 @@ def stale_stages() -> list[str]:
         if isinstance(entry, list):
             return any(changed(e) for e in entry)
         if isinstance(entry, dict):
-            return any(
-                changed(v) for k, v in entry.items() if k not in ("changed outs", "deleted")
-            )
+            return any(changed(v) for k, v in entry.items() if k not in ("changed outs", "deleted"))
         return entry != "deleted"
 
     return sorted(name.split(":")[-1] for name, entries in status.items() if changed(entries))
