@@ -430,6 +430,21 @@ def near_duplicates(tickets: pd.DataFrame) -> dict[str, int]:
     }
 
 
+def targets_seen_in_train(
+    tickets: pd.DataFrame, answers: pd.DataFrame, tasks: dict[str, dict[str, Any]]
+) -> dict[str, int]:
+    """Per generation task, test tickets whose target text (case and spacing aside) is also a
+    training ticket's target: on those a high ROUGE can be recall of a seen answer."""
+    counts = {}
+    for name, task in tasks.items():
+        if task["kind"] != "generation":
+            continue
+        target = answers[name].map(lambda text: " ".join(str(text).split()).casefold())
+        seen = set(target[tickets["split"] == "train"])
+        counts[name] = int(target[tickets["split"] == "test"].isin(seen).sum())
+    return counts
+
+
 def label_sets(
     tickets: pd.DataFrame, answers: pd.DataFrame, tasks: dict[str, dict[str, Any]], path: Path
 ) -> dict[str, list[str]]:
@@ -552,6 +567,7 @@ def main() -> None:
     metrics = data_metrics(frame, tickets, answers, records, labels)
     metrics["duplicates_dropped"] = dropped
     metrics["near_duplicates"] = near_duplicates(tickets)
+    metrics["targets_seen_in_train"] = targets_seen_in_train(tickets, answers, tasks)
     write_json(METRICS, metrics)
     print(
         f"prepare: {len(tickets)} tickets -> "

@@ -593,3 +593,6 @@ def test_near_duplicates_across_splits_are_counted(prepared: Path) -> None:
     expected = sum(strip(r["input"]) in train for r in records["test"])
     assert near["test_in_train"] == expected > 0
     assert set(near) == {"validation_in_train", "test_in_train"}
+    # make_tickets' summaries come from 12 topics: every test summary was seen in training
+    seen = metrics_of(prepared)["targets_seen_in_train"]
+    assert seen == {"summary": len(records["test"])}
