@@ -138,6 +138,11 @@ def check_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict
             if len(set(map(str, labels))) != len(labels):
                 raise PipelineError(f"{where}.labels: a label is listed twice")
 
+    balance = prep.get("balance")
+    if balance is not None and (tasks.get(balance) or {}).get("kind") != "classification":
+        raise PipelineError(
+            f"params.yaml prepare.balance: {balance!r} is not a classification task of tasks"
+        )
     if prep.get("records", "ticket") not in LAYOUTS:
         raise PipelineError(
             f"params.yaml prepare.records: unknown layout {prep.get('records')!r} "
@@ -350,7 +355,12 @@ def check_class_sizes(
 
 
 def split_tickets(
-    strata: pd.Series | None, n: int, prep: dict[str, Any], val_size: float, seed: int
+    strata: pd.Series | None,
+    n: int,
+    prep: dict[str, Any],
+    val_size: float,
+    seed: int,
+    balance: pd.Series | None = None,
 ) -> pd.Series:
     """The split of each ticket kept (by index), in the order the records will be written.
 
@@ -359,7 +369,7 @@ def split_tickets(
     left out by max_tickets are dropped. Within a split the order is a seeded shuffle, not the
     input's: LlamaFactory's `max_samples` keeps the *first* N records of a dataset, and that
     should be a sample of every class even if the export is sorted by category (the training
-    split is in `stratified_order`).
+    split is in `stratified_order`, then in `balanced_order` of the `balance` labels).
     """
     from sklearn.model_selection import train_test_split  # imported here: errors above come fast
 
@@ -381,6 +391,8 @@ def split_tickets(
         train, validation = cut(rest, val_size / (1 - prep["test_size"]), f"val_size = {val_size}")
     if strata is not None:
         train = stratified_order(strata.loc[train], seed)
+    if balance is not None:
+        train = balanced_order(balance.loc[train], seed)
     members = zip(SPLITS, (train, validation, test), strict=True)
     return pd.concat([pd.Series(name, index=ids, dtype=str) for name, ids in members])
 
@@ -401,6 +413,23 @@ def stratified_order(strata: pd.Series, seed: int) -> pd.Index:
     size = shuffled.map(shuffled.value_counts())
     position = (rank + rng.random(len(shuffled))) / size
     return position.sort_values(kind="stable").index
+
+
+def balanced_order(labels: pd.Series, seed: int) -> pd.Index:
+    """The tickets (in the order given) reordered so that every prefix holds each label
+    equally often, as long as the label has tickets left (`prepare.balance`).
+
+    With `max_samples` this trains on a label-balanced sample: a rare label (an urgent
+    ticket) is seen as often as a common one, so the model does not learn to answer the
+    common label whenever it is unsure, which is what costs macro-F1. The k-th ticket of
+    each label gets position k + u, u uniform in [0, 1); within a label the given order
+    (stratified on the first classification task) is kept.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rank = labels.groupby(labels, sort=False).cumcount()
+    return (rank + rng.random(len(labels))).sort_values(kind="stable").index
 
 
 def check_leakage(tickets: pd.DataFrame, path: Path, text_columns: list[str]) -> None:
@@ -540,7 +569,9 @@ def main() -> None:
         column = tasks[stratify_on]["column"]
         check_class_sizes(strata, tickets, path, column, prep["min_per_class"])
 
-    split = split_tickets(strata, len(tickets), prep, params.get("val_size", 0), params["seed"])
+    balance = answers[prep["balance"]] if prep.get("balance") else None
+    val_size = params.get("val_size", 0)
+    split = split_tickets(strata, len(tickets), prep, val_size, params["seed"], balance)
     tickets, answers = tickets.loc[split.index].assign(split=split), answers.loc[split.index]
     check_leakage(tickets, path, prep["text_columns"])
     labels = label_sets(tickets, answers, tasks, path)

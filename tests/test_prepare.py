@@ -388,6 +388,34 @@ def test_every_prefix_of_the_training_split_is_stratified(tmp_path: Path) -> Non
             assert abs(train[:n].count(category) - p * n) <= 1.5, (n, category, train[:n])
 
 
+def test_balance_makes_every_prefix_label_balanced(tmp_path: Path) -> None:
+    """prepare.balance: priority: the first N training tickets hold each priority equally
+    often (while it lasts), and the categories still in their shares within that."""
+    tickets = make_tickets({"billing": 60, "shipping": 30, "account": 10}, long_rows=())
+    rng = random.Random(1)
+    tickets["priority"] = rng.choices(PRIORITIES, weights=(2, 5, 3, 1), k=len(tickets))
+    params = make_params({"balance": "priority"})
+    assert prepare_in(tmp_path, tickets, params).returncode == 0
+    train = [r["answers"]["priority"] for r in split_records(tmp_path)["train"]]
+    for n in (8, 16, 24):
+        counts = [train[:n].count(p) for p in PRIORITIES]
+        assert max(counts) - min(counts) <= 1, (n, counts)
+    assert sorted(train) == sorted(  # the same tickets, in another order
+        r["answers"]["priority"] for r in split_records(prepare_in_copy(tmp_path, tickets))["train"]
+    )
+    bad = make_params({"balance": "summary"})
+    result = prepare_in(tmp_path / "bad", tickets, bad)
+    assert result.returncode == 1
+    assert "prepare.balance: 'summary' is not a classification task" in result.stderr
+
+
+def prepare_in_copy(tmp_path: Path, tickets: pd.DataFrame) -> Path:
+    """The same tickets prepared without prepare.balance, in a folder beside."""
+    folder = tmp_path / "unbalanced"
+    assert prepare_in(folder, tickets).returncode == 0
+    return folder
+
+
 def test_task_layout_has_a_record_per_ticket_and_task(tmp_path: Path) -> None:
     result = prepare_in(tmp_path, make_tickets(), make_params({"records": "task"}))
     assert result.returncode == 0, result.stderr
