@@ -49,11 +49,13 @@ def table(params: dict[str, Any]) -> str:
     all_tickets = data["tickets"]["train"]
     lora_tickets = baseline["tfidf_lora_tickets"]["train_tickets"]
     epochs = params.get("num_train_epochs")
+    balance = (params.get("prepare") or {}).get("balance")
+    sample = f"{lora_tickets} tickets" + (f" balanced on {balance}" if balance else "")
     summary = params["baseline"]["summary_source"].replace("_", " ")
     rows = [
         (
             "LoRA, served by vLLM",
-            f"{lora_tickets} tickets, {epochs:g} epoch{'s' if epochs != 1 else ''}, "
+            f"{sample}, {epochs:g} epoch{'s' if epochs != 1 else ''}, "
             f"{train.get('train_runtime_s', 0) / 60:.1f} min",
             evaluation,
         ),

@@ -367,9 +367,10 @@ def test_pr_report_has_params_metrics_and_changed_plots(pr_workspace: Path) -> N
     assert category[5] == "+0.0000" and category[7] == "within noise"
     priority = rows[("priority", "accuracy")]  # every answer right on the branch
     assert float(priority[5]) > 0 and priority[7] == "beyond noise"
-    # lora_rank changed without `dvc repro`: the committed metrics are not this branch's
+    # lora_rank changed without `dvc repro`: the stage that reads it (configure, which writes
+    # it into the training config) is stale, so the committed metrics are not this branch's
     stale = text.split("### Params")[0]
-    assert "**Stale:**" in stale and "`train`" in stale
+    assert "**Stale:**" in stale and "`configure`" in stale
     plots = text.split("### Plots")[1]
     assert "#### Loss curve" in plots
     assert re.search(r"\| loss \| 10 pts, 2.8 → 1 .*\| 10 pts, 2.75 → 0.5 ", plots)
