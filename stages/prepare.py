@@ -2,11 +2,12 @@
 
 Reads `prepare.input` (CSV, JSONL or Parquet; which column is what comes from params.yaml,
 so another export needs a params change only), checks every row, splits the *tickets* into
-train / validation / test (stratified on the first classification task, seeded) and writes
-alpaca records to `data/prepared/` (one per ticket answering every task, or one per
-(ticket, task): `prepare.records`, see stages/records.py), with the `dataset_info.json`
-LlamaFactory reads. Splitting tickets rather than records keeps every task of a ticket on
-one side, so no test ticket was seen in training under another instruction.
+train / validation / test (stratified on `prepare.stratify`, else on the first classification
+task; seeded) and writes alpaca records to `data/prepared/` (one per ticket answering every
+task, or one per (ticket, task): `prepare.records`, see stages/records.py), with the
+`dataset_info.json` LlamaFactory reads. Splitting tickets rather than records keeps every
+task of a ticket on one side, so no test ticket was seen in training under another
+instruction.
 
 A problem the user can fix stops the stage with one line naming the file, the row (and id)
 and the column, before anything is written: the outputs of the last good run stay as they
@@ -138,6 +139,11 @@ def check_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict
             if len(set(map(str, labels))) != len(labels):
                 raise PipelineError(f"{where}.labels: a label is listed twice")
 
+    stratify = prep.get("stratify")
+    if stratify is not None and (tasks.get(stratify) or {}).get("kind") != "classification":
+        raise PipelineError(
+            f"params.yaml prepare.stratify: {stratify!r} is not a classification task of tasks"
+        )
     balance = prep.get("balance")
     if balance is not None and (tasks.get(balance) or {}).get("kind") != "classification":
         raise PipelineError(
@@ -563,7 +569,9 @@ def main() -> None:
 
     frame = read_input(path)
     tickets, answers, dropped = build_tickets(frame, path, prep, tasks)
-    stratify_on = next((n for n, t in tasks.items() if t["kind"] == "classification"), None)
+    stratify_on = prep.get("stratify") or next(
+        (n for n, t in tasks.items() if t["kind"] == "classification"), None
+    )
     strata = None if stratify_on is None else answers[stratify_on]
     if strata is not None:
         column = tasks[stratify_on]["column"]

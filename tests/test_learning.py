@@ -31,6 +31,8 @@ TOY = {
     "prepare.input": "data/raw/toy.csv",
     "prepare.test_size": 0.2,
     "prepare.max_tickets": None,
+    "prepare.stratify": None,
+    "prepare.balance": None,  # the toy data has no priority
     "val_size": 0.1,
     "max_samples": None,
     "tasks": {

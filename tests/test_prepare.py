@@ -26,7 +26,14 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 REPO_PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
 # Small data needs bigger test and validation fractions to hold every class.
-TEST_PREPARE = {"input": "tickets.csv", "test_size": 0.2, "max_chars": 400, "min_per_class": 3}
+TEST_PREPARE = {  # the tests' own defaults (the repository's may change)
+    "input": "tickets.csv",
+    "test_size": 0.2,
+    "max_chars": 400,
+    "min_per_class": 3,
+    "stratify": None,
+    "balance": None,
+}
 TEST_TOP = {"val_size": 0.1, "seed": 42}
 TASKS = {  # the tests' own instructions (the repository's may change wording)
     "category": {
@@ -407,6 +414,22 @@ def test_balance_makes_every_prefix_label_balanced(tmp_path: Path) -> None:
     result = prepare_in(tmp_path / "bad", tickets, bad)
     assert result.returncode == 1
     assert "prepare.balance: 'summary' is not a classification task" in result.stderr
+
+
+def test_stratify_names_the_task_that_splits_whatever_the_answer_order(tmp_path: Path) -> None:
+    """prepare.stratify keeps the split when the tasks (the answer lines) are reordered."""
+    tickets = make_tickets()
+    assert prepare_in(tmp_path / "default", tickets).returncode == 0
+    priority_first = make_params({"stratify": "category"})
+    priority_first["tasks"] = {n: TASKS[n] for n in ("priority", "category", "summary")}
+    assert prepare_in(tmp_path / "reordered", tickets, priority_first).returncode == 0
+    default, reordered = (split_records(tmp_path / n) for n in ("default", "reordered"))
+    for split in ("train", "validation", "test"):
+        assert [r["id"] for r in reordered[split]] == [r["id"] for r in default[split]]
+    assert reordered["test"][0]["output"].startswith("priority: ")
+    bad = prepare_in(tmp_path / "bad", tickets, make_params({"stratify": "summary"}))
+    assert bad.returncode == 1
+    assert "prepare.stratify: 'summary' is not a classification task" in bad.stderr
 
 
 def prepare_in_copy(tmp_path: Path, tickets: pd.DataFrame) -> Path:
