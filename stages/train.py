@@ -11,17 +11,26 @@ Machine-dependent settings are added on the command line, not stored in the conf
 `use_cpu=true` where no GPU is visible (bf16 on a CPU needs it; `bf16=false` on a CPU without
 native bfloat16, where emulation is several times slower), `report_to=tensorboard`,
 and LlamaFactory's own torchrun launch (FORCE_TORCHRUN, NPROC_PER_NODE) for several GPUs.
+
+LlamaFactory never outlives this stage: it shares the stage's process group (a Ctrl-C at
+the terminal, or a kill of the group, reaches both), SIGTERM or SIGHUP to the stage alone
+(a killed `dvc repro`, a CI timeout) is passed on to it before the stage exits, and if the
+stage dies outright the kernel sends it SIGTERM (PR_SET_PDEATHSIG). Checkpoints stay for
+resuming.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import math
 import os
 import resource
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +47,7 @@ from stages.common import (
     write_json,
     write_text,
 )
+from stages.vllm_server import Terminated
 
 CONFIG = Path("configs/train.yaml")
 ADAPTER = Path("models/adapter")
@@ -147,6 +157,37 @@ def trainable_parameters(adapter: Path) -> int:
         return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the stage's process dies (Linux)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def run_child(cmd: list[str], env: dict[str, str], grace_s: float = 30.0) -> int:
+    """Run `cmd` and return its exit code. If this process is interrupted (KeyboardInterrupt,
+    or SIGTERM/SIGHUP turned into `Terminated`), the child gets SIGTERM, then SIGKILL after
+    grace_s, and is reaped before the exception goes on."""
+
+    def terminated(signum: int, frame: object) -> None:
+        raise Terminated(signum)
+
+    linux = sys.platform.startswith("linux")
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent if linux else None)
+    handlers = {s: signal.signal(s, terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
 def main() -> None:
     params = load_params()
     config_text = CONFIG.read_text(encoding="utf-8")
@@ -165,10 +206,19 @@ def main() -> None:
     cmd, env = command(config, params.get("train", {}))
     print(("train: resuming: " if resumed else "train: ") + " ".join(cmd), flush=True)
     started = time.monotonic()
-    proc = subprocess.run(cmd, env=env)
-    if proc.returncode != 0:
+    try:
+        returncode = run_child(cmd, env)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP (Terminated)
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(
+            f"error: interrupted ({signal.Signals(signum).name}); llamafactory-cli stopped, "
+            f"checkpoints kept in {output_dir} for resuming",
+            file=sys.stderr,
+        )
+        sys.exit(128 + signum)
+    if returncode != 0:
         raise PipelineError(
-            f"llamafactory-cli train exited with code {proc.returncode} "
+            f"llamafactory-cli train exited with code {returncode} "
             f"(checkpoints kept in {output_dir} for resuming)"
         )
     runtime = time.monotonic() - started

@@ -237,6 +237,47 @@ def test_interrupted_training_resumes_from_checkpoint(tiny_workspace: Path, tmp_
     assert steps.count(1) == 1 and max(steps) == total_steps
 
 
+def wait_for(done, what: str, seconds: float = 120) -> None:
+    """Poll until done() (a generous deadline: a deadlock, not a slow machine, fails)."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
+def test_llamafactory_never_outlives_the_train_stage(tmp_path: Path, signum: int) -> None:
+    """The stage's child (here a stand-in that sleeps; the real CLI is started the same way)
+    is stopped when the stage alone is sent SIGTERM/SIGHUP (a killed `dvc repro`), and by
+    the kernel when the stage is killed outright."""
+    pid_file = tmp_path / "child.pid"
+    write_pid = f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))"
+    child = f"import os, time; {write_pid}; time.sleep(600)"
+    stage = (
+        "import os, sys; from stages.train import run_child; "
+        f"sys.exit(run_child([sys.executable, '-c', {child!r}], dict(os.environ)))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", stage], cwd=REPO, start_new_session=True)
+    wait_for(lambda: pid_file.exists() and pid_file.read_text(), "the child never started")
+    child_pid = int(pid_file.read_text())
+    try:
+        os.kill(proc.pid, signum)  # the stage alone, not its process group
+        proc.wait(timeout=120)
+        assert proc.returncode != 0
+        wait_for(lambda: not alive(child_pid), "the child outlived the stage")
+    finally:
+        if alive(child_pid):
+            os.kill(child_pid, signal.SIGKILL)
+
+
 @pytest.mark.parametrize(
     "override", ["lora_rank=32", "learning_rate=5e-4", "lora_target='q_proj,v_proj'"]
 )
