@@ -564,10 +564,20 @@ class Outputs:
         )
 
 
+def model_folder(folder: Path) -> Path:
+    """The folder vLLM loads for `folder`: itself, or, for a base model the base_model stage
+    only points at (a local Hugging Face folder: `source.json`, no weights), that folder."""
+    source = folder / "source.json"
+    if (folder / "config.json").is_file() or not source.is_file():
+        return folder
+    return Path(json.loads(source.read_text(encoding="utf-8"))["model_name_or_path"])
+
+
 def run(params: dict[str, Any], out: Outputs = Outputs()) -> None:
     cfg = check_eval_params(params.get("evaluate"))
     if out.model == MODEL and cfg.get("serve") == "adapter":  # no merged model needed
         out = dataclasses.replace(out, model=BASE, adapter=ADAPTER)
+    out = dataclasses.replace(out, model=model_folder(out.model))
     serve = params.get("serve") or {}
     tasks = params["tasks"]
     records, labels = read_inputs(tasks)
