@@ -4,7 +4,8 @@ The embedded generator (`data/make_tickets.py`) writes, in about half of the tic
 sentence that states how bad it is ("No rush on this.", "Please treat this as an emergency."),
 one list per priority level. A bag of words picks those sentences up; this counts, on the
 committed test predictions, how often the gold priority and the model's answer follow the
-cue, so the README can say where the priority gap comes from. Embedded data only.
+cue, and the model's priority answers by its own category answer, so the README can say
+where the priority gap comes from. Embedded data only.
 
     python -m bench.priority_cues [data/eval/predictions.jsonl] -> bench/results/priority_cues.json
 """
@@ -36,10 +37,16 @@ def main(predictions: Path) -> dict:
         bodies = {row["id"]: row["body"] for row in csv.DictReader(f)}
     counts = dict.fromkeys(("tickets", "with_cue", "gold_follows_cue", "answer_follows_cue"), 0)
     counts |= {"correct_with_cue": 0, "correct_without_cue": 0}
-    for line in predictions.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
+    rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines()]
+    # the model's priority answers by its own category answer: a shortcut shows as one column
+    category = {r["id"]: r["predicted"] for r in rows if r["task"] == "category"}
+    by_category: dict[str, dict[str, int]] = {}
+    for row in rows:
         if row["task"] != "priority":
             continue
+        if row["id"] in category:
+            answers = by_category.setdefault(str(category[row["id"]]), {})
+            answers[str(row["predicted"])] = answers.get(str(row["predicted"]), 0) + 1
         counts["tickets"] += 1
         stated = [label for cue, label in cues.items() if cue in bodies[row["id"]]]
         right = row["predicted"] == row["gold"]
@@ -50,7 +57,11 @@ def main(predictions: Path) -> dict:
         counts["correct_with_cue"] += right
         counts["gold_follows_cue"] += row["gold"] == stated[0]
         counts["answer_follows_cue"] += row["predicted"] == stated[0]
-    return {"predictions": str(predictions.relative_to(ROOT)), **counts}
+    return {
+        "predictions": str(predictions.relative_to(ROOT)),
+        **counts,
+        "priority_answers_by_category_answer": by_category,
+    }
 
 
 if __name__ == "__main__":
