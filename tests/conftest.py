@@ -163,6 +163,7 @@ TINY_PARAMS: dict[str, object] = {
     "val_size": 0.1,
     "prepare.test_size": 0.1,
     "prepare.max_tickets": 200,
+    "serve.startup_timeout_s": 1800,  # only a hang reaches it, not a busy machine
 }
 
 

@@ -54,7 +54,12 @@ def test_converted_model_is_served_by_vllm(base_workspace: Path, tmp_path: Path)
         logits = model(torch.tensor([ids])).logits[0].float()
     expected = torch.log_softmax(logits, dim=-1)[:-1].gather(1, torch.tensor(ids[1:])[:, None])
 
-    serve = {"max_model_len": 1024, "max_num_seqs": 4, "dtype": "float32"}
+    serve = {
+        "max_model_len": 1024,
+        "max_num_seqs": 4,
+        "dtype": "float32",
+        "startup_timeout_s": 1800,
+    }
     with VLLMServer(folder, serve, tmp_path / "vllm.log") as server:
         reply = httpx.post(
             server.url + "/v1/completions",

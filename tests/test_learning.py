@@ -48,6 +48,7 @@ TOY = {
     "eval_strategy": "no",
     "save_steps": 1000,
     "logging_steps": 5,
+    "serve.startup_timeout_s": 1800,  # only a hang reaches it, not a busy machine
 }
 
 

@@ -40,7 +40,15 @@ PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 LABELS = {"category": ["billing", "refund", "shipping", "technical_issue"]}
 LABELS["priority"] = [str(x) for x in PARAMS["tasks"]["priority"]["labels"]]
 # Small server for the tiny model; the rest as in params.yaml.
-SERVE = {**PARAMS["serve"], "max_model_len": 1024, "max_num_seqs": 8, "startup_timeout_s": 300}
+# A start-up limit that only a hang reaches: vLLM starts in ~30 s alone, several minutes on
+# a machine that another job (another vLLM, a training run) keeps busy.
+STARTUP_S = 1800
+SERVE = {
+    **PARAMS["serve"],
+    "max_model_len": 1024,
+    "max_num_seqs": 8,
+    "startup_timeout_s": STARTUP_S,
+}
 
 
 # ----------------------------------------------------------------------------- helpers
