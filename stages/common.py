@@ -105,6 +105,16 @@ def write_yaml(path: str | Path, obj: Any, header: str = "") -> None:
     write_text(path, header + body)
 
 
+def model_name_or_path(folder: str | Path = "models/base") -> str:
+    """What the base_model stage materialised (`source.json`: a folder in models/, a local
+    path or a hub id)."""
+    source = Path(folder) / "source.json"
+    try:
+        return json.loads(source.read_text(encoding="utf-8"))["model_name_or_path"]
+    except (FileNotFoundError, KeyError, json.JSONDecodeError) as e:
+        raise PipelineError(f"{source}: missing or invalid; run `dvc repro base_model`") from e
+
+
 def cpu_has_bf16() -> bool:
     """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX); unknown counts as yes.
 

@@ -16,25 +16,15 @@ backends, number of processes) is added by the train stage at run time.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from stages.common import PipelineError, load_params, run_main, write_yaml
+from stages.common import PipelineError, load_params, model_name_or_path, run_main, write_yaml
 
 TRAIN_OUT = Path("configs/train.yaml")
 EXPORT_OUT = Path("configs/export.yaml")
 HANDLED_BY_PREPARE = {"val_size"}
 HEADER = "# Rendered by stages/configure.py from params.yaml: change params.yaml, not this file.\n"
-
-
-def model_path() -> str:
-    """What the base_model stage materialised (a folder in models/, a local path or a hub id)."""
-    source = Path("models/base/source.json")
-    try:
-        return json.loads(source.read_text(encoding="utf-8"))["model_name_or_path"]
-    except (FileNotFoundError, KeyError, json.JSONDecodeError) as e:
-        raise PipelineError(f"{source}: missing or invalid; run `dvc repro base_model`") from e
 
 
 def llamafactory_args(params: dict[str, Any]) -> dict[str, Any]:
@@ -55,7 +45,7 @@ def llamafactory_args(params: dict[str, Any]) -> dict[str, Any]:
 def train_config(params: dict[str, Any]) -> dict[str, Any]:
     """The LoRA SFT config: pipeline wiring first, then every hyperparameter from params."""
     config: dict[str, Any] = {
-        "model_name_or_path": model_path(),
+        "model_name_or_path": model_name_or_path(),
         "stage": "sft",
         "do_train": True,
         "finetuning_type": "lora",
@@ -76,7 +66,7 @@ def train_config(params: dict[str, Any]) -> dict[str, Any]:
 def export_config(params: dict[str, Any]) -> dict[str, Any]:
     """Merge the adapter into the base model (safetensors) for serving."""
     return {
-        "model_name_or_path": model_path(),
+        "model_name_or_path": model_name_or_path(),
         "adapter_name_or_path": "models/adapter",
         "template": params["template"],
         "default_system": params["default_system"],

@@ -51,6 +51,7 @@ from stages.common import (
     PipelineError,
     atomic_dir,
     load_params,
+    model_name_or_path,
     param_integer,
     param_positive,
     write_json,
@@ -567,10 +568,9 @@ class Outputs:
 def model_folder(folder: Path) -> Path:
     """The folder vLLM loads for `folder`: itself, or, for a base model the base_model stage
     only points at (a local Hugging Face folder: `source.json`, no weights), that folder."""
-    source = folder / "source.json"
-    if (folder / "config.json").is_file() or not source.is_file():
+    if (folder / "config.json").is_file() or not (folder / "source.json").is_file():
         return folder
-    return Path(json.loads(source.read_text(encoding="utf-8"))["model_name_or_path"])
+    return Path(model_name_or_path(folder))
 
 
 def run(params: dict[str, Any], out: Outputs = Outputs()) -> None:

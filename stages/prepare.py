@@ -139,16 +139,12 @@ def check_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict
             if len(set(map(str, labels))) != len(labels):
                 raise PipelineError(f"{where}.labels: a label is listed twice")
 
-    stratify = prep.get("stratify")
-    if stratify is not None and (tasks.get(stratify) or {}).get("kind") != "classification":
-        raise PipelineError(
-            f"params.yaml prepare.stratify: {stratify!r} is not a classification task of tasks"
-        )
-    balance = prep.get("balance")
-    if balance is not None and (tasks.get(balance) or {}).get("kind") != "classification":
-        raise PipelineError(
-            f"params.yaml prepare.balance: {balance!r} is not a classification task of tasks"
-        )
+    for key in ("stratify", "balance"):  # params that name a classification task
+        name = prep.get(key)
+        if name is not None and (tasks.get(name) or {}).get("kind") != "classification":
+            raise PipelineError(
+                f"params.yaml prepare.{key}: {name!r} is not a classification task of tasks"
+            )
     if prep.get("records", "ticket") not in LAYOUTS:
         raise PipelineError(
             f"params.yaml prepare.records: unknown layout {prep.get('records')!r} "

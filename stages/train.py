@@ -47,7 +47,7 @@ from stages.common import (
     write_json,
     write_text,
 )
-from stages.vllm_server import Terminated
+from stages.vllm_server import raise_terminated
 
 CONFIG = Path("configs/train.yaml")
 ADAPTER = Path("models/adapter")
@@ -168,12 +168,9 @@ def run_child(cmd: list[str], env: dict[str, str], grace_s: float = 30.0) -> int
     or SIGTERM/SIGHUP turned into `Terminated`), the child gets SIGTERM, then SIGKILL after
     grace_s, and is reaped before the exception goes on."""
 
-    def terminated(signum: int, frame: object) -> None:
-        raise Terminated(signum)
-
     linux = sys.platform.startswith("linux")
     proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent if linux else None)
-    handlers = {s: signal.signal(s, terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
+    handlers = {s: signal.signal(s, raise_terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         return proc.wait()
     finally:

@@ -83,7 +83,7 @@ if not sys.stdin.buffer.read(1):
 """
 
 
-def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+def raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise Terminated(signum)
 
 
@@ -346,7 +346,7 @@ class VLLMServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGHUP):
-                self._old_handlers[signum] = signal.signal(signum, _raise_terminated)
+                self._old_handlers[signum] = signal.signal(signum, raise_terminated)
         started = time.monotonic()
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
