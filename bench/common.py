@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from stages.common import ROOT, serve_python, write_json
-from stages.evaluate import Endpoint, Outcome, send_all
+from stages.evaluate import Endpoint, Outcome, send_all, stage_budgets
 from stages.vllm_server import VLLMServer
 
 RESULTS = ROOT / "bench" / "results"
@@ -143,10 +143,11 @@ def served_passes(
     times with the stage's own client: (the stopped server, [(wall s, outcomes)] per pass).
     Pass 0 is cold (new batch shapes are slow the first time on a CPU)."""
     server = VLLMServer(MERGED, params["serve"], log)
+    budgets = stage_budgets(params, MERGED)
     passes = []
     with server:
         endpoint = Endpoint(server.url, server.headers, server.name, server.check_alive)
         for _ in range(n + 1):
-            outcomes, wall = send_all(records, labels, endpoint, params["evaluate"])
+            outcomes, wall = send_all(records, labels, endpoint, params["evaluate"], budgets)
             passes.append((wall, outcomes))
     return server, passes

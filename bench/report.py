@@ -78,7 +78,7 @@ def serving_section(r: dict[str, Any] | None) -> list[str]:
         f"max_num_seqs {s['serve']['max_num_seqs']}, concurrency {s['evaluate']['concurrency']}, "
         f"dtype {r['served']['dtype']}; LlamaFactory: batch {r['llamafactory']['batch_size']}, "
         f"dtype {r['llamafactory']['dtype']}, greedy, max_new_tokens "
-        f"{s['evaluate']['max_tokens']}.",
+        f"{r['llamafactory'].get('max_new_tokens', s['evaluate']['max_tokens'])}.",
         "",
         "| Path | requests/s | output tokens/s | generation wall s | cold pass s | "
         "start-up / load s |",

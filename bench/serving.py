@@ -6,7 +6,7 @@ vLLM offline. Same machine, same merged model, same records, one run.
 - offline: `vllm.LLM.chat` with the same engine arguments and per-request sampling
   (`bench/offline_vllm.py`, in the serving environment);
 - LlamaFactory: `llamafactory-cli train` with `do_predict` and `predict_with_generate` (its
-  Hugging Face engine), greedy, `max_new_tokens` = evaluate.max_tokens, batch
+  Hugging Face engine), greedy, `max_new_tokens` = the largest served request's `max_tokens`, batch
   per_device_eval_batch_size: how a LlamaFactory user scores a test set without vLLM. It
   cannot constrain an answer to a label set; it stops at end-of-sequence.
 
@@ -40,7 +40,7 @@ from bench.common import (
     timed,
 )
 from stages.common import cpu_has_bf16, load_params, serve_python, write_text
-from stages.evaluate import read_inputs, request_body
+from stages.evaluate import read_inputs, request_body, stage_budgets
 from stages.vllm_server import VLLMServer
 
 
@@ -107,7 +107,8 @@ def request_bodies(
     records: list[dict[str, Any]], labels: dict[str, list[str]], params: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """The evaluate stage's request bodies (messages, token budget, answer constraint)."""
-    return [request_body(r, "", labels, int(params["evaluate"]["max_tokens"])) for r in records]
+    budgets = stage_budgets(params, MERGED)
+    return [request_body(r, "", labels, budgets) for r in records]
 
 
 def llamafactory(
@@ -156,6 +157,7 @@ def llamafactory(
         "requests_per_s": spread(rates),
         "dtype": "bfloat16" if config["bf16"] else "float32",
         "batch_size": config["per_device_eval_batch_size"],
+        "max_new_tokens": config["max_new_tokens"],
     }
 
 

@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import math
 import os
 import random
 import signal
@@ -93,8 +94,10 @@ def check_eval_params(cfg: Any) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise PipelineError("params.yaml: missing section evaluate")
 
-    for key, minimum in (("concurrency", 1), ("max_tokens", 1), ("retries", 0)):
+    for key, minimum in (("concurrency", 1), ("retries", 0)):
         param_integer(cfg.get(key), f"evaluate.{key}", minimum)
+    if cfg.get("max_tokens") is not None:  # null: sized from the training answers
+        param_integer(cfg["max_tokens"], "evaluate.max_tokens", 1)
     param_positive(cfg.get("request_timeout_s"), "evaluate.request_timeout_s")
     url = cfg.get("base_url")
     if url is not None and (
@@ -140,17 +143,68 @@ def read_inputs(tasks: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, 
 # ----------------------------------------------------------------------------- requests
 
 
-def token_budgets(tasks: dict[str, Any], default: int) -> dict[str, int]:
+def token_budgets(
+    tasks: dict[str, Any], default: int | None, sized: Callable[[str], int] | None = None
+) -> dict[str, int]:
     """max_tokens per generation task: its own `max_tokens` in params.yaml `tasks` (a reply
-    needs more than a one-line summary), else evaluate.max_tokens."""
+    needs more than a one-line summary), else evaluate.max_tokens, else (both null) `sized`,
+    the budget the training answers of that task call for (answer_budget)."""
     budgets = {}
     for name, task in tasks.items():
         if task["kind"] == "generation":
             value = task.get("max_tokens")
             if value is not None:
                 param_integer(value, f"tasks.{name}.max_tokens", 1)
-            budgets[name] = int(value or default)
+            elif default is not None:
+                value = default
+            elif sized is not None:
+                value = sized(name)
+            else:
+                raise PipelineError(f"params.yaml tasks.{name}.max_tokens: not set")
+            budgets[name] = int(value)
     return budgets
+
+
+def answer_budget(lengths: list[int]) -> int:
+    """A generation task's answer cap from its training answers' lengths in tokens: half
+    again their 95th percentile, so a trained model's ordinary answers end by themselves
+    (`truncated_rate` in the metrics says when they do not) and a runaway one stops soon."""
+    import numpy as np
+
+    if not lengths:
+        raise PipelineError(f"{PREPARED / 'train.jsonl'}: no training answers to size max_tokens")
+    return max(1, math.ceil(1.5 * float(np.percentile(lengths, 95))))
+
+
+def stage_budgets(params: dict[str, Any], served: Path) -> dict[str, int]:
+    """The max_tokens of each generation task as the stage sends them (served: the folder of
+    the served model, whose tokenizer counts the training answers when the params size none)."""
+    cfg = params.get("evaluate") or {}
+    return token_budgets(params["tasks"], cfg.get("max_tokens"), sized_budgets(served))
+
+
+def sized_budgets(tokenizer_folder: Path) -> Callable[[str], int]:
+    """answer_budget of a task, its training answers counted by the served model's tokenizer
+    (loaded only if a task needs it)."""
+
+    def sized(name: str) -> int:
+        from transformers import AutoTokenizer
+
+        if not (tokenizer_folder / "tokenizer_config.json").is_file():
+            raise PipelineError(
+                f"params.yaml evaluate.max_tokens is empty: sizing tasks.{name}'s answers needs "
+                f"the model's tokenizer in {tokenizer_folder} (not found); set a number"
+            )
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder))
+        answers = [
+            str(r["answers"][name])
+            for r in read_jsonl(PREPARED / "train.jsonl")
+            if name in r.get("answers", {})
+        ]
+        lengths = [len(tokenizer.encode(a, add_special_tokens=False)) for a in answers]
+        return answer_budget(lengths)
+
+    return sized
 
 
 def request_body(
@@ -309,12 +363,11 @@ def send_all(
     labels: dict[str, list[str]],
     endpoint: Endpoint,
     cfg: dict[str, Any],
-    budgets: dict[str, int] | None = None,
+    budgets: dict[str, int],
 ) -> tuple[list[Outcome], float]:
     """Send every record; returns the outcomes (in record order) and the wall time.
-    `budgets`: max_tokens per generation task (token_budgets); default evaluate.max_tokens."""
-    budget = budgets or int(cfg["max_tokens"])
-    bodies = [request_body(r, endpoint.model, labels, budget) for r in records]
+    `budgets`: max_tokens per generation task (stage_budgets)."""
+    bodies = [request_body(r, endpoint.model, labels, budgets) for r in records]
     started = time.monotonic()
     outcomes = asyncio.run(_send_all(bodies, endpoint, cfg))
     return outcomes, time.monotonic() - started
@@ -581,7 +634,10 @@ def run(params: dict[str, Any], out: Outputs = Outputs()) -> None:
     serve = params.get("serve") or {}
     tasks = params["tasks"]
     records, labels = read_inputs(tasks)
-    budgets = token_budgets(tasks, int(cfg["max_tokens"]))
+    # the served model's tokenizer counts the training answers (a remote server's: the base's)
+    local = out.model if (out.model / "config.json").is_file() else model_folder(BASE)
+    budgets = stage_budgets(params, local)
+    print(f"evaluate: max_tokens of the generation tasks: {budgets}", flush=True)
 
     if cfg.get("base_url") and out.model == MODEL:  # a named variant is always served here
         url = normalise_url(cfg["base_url"])
@@ -635,6 +691,8 @@ def run(params: dict[str, Any], out: Outputs = Outputs()) -> None:
         raise PipelineError(f"every request failed, the first with: {errors[0]}")
     rows, answers = per_task(records, outcomes)
     metrics, confusion = score(rows, answers, tasks, labels)
+    for name, budget in budgets.items():
+        metrics[name]["max_tokens"] = budget  # beside truncated_rate: the cap that cut them
     metrics["overall"] = overall(outcomes, wall_s, startup_s)
     metrics["served"] = served  # what answered: with evaluate.base_url, not models/merged
 
@@ -684,7 +742,7 @@ def chat(text: str) -> None:
     gold = dict.fromkeys(tasks, "")  # a request: no gold answers
     system = params["default_system"]
     for rec in records_for_ticket("chat", text, gold, tasks, labels, system, layout):
-        budgets = token_budgets(tasks, int(cfg.get("max_tokens") or 64))
+        budgets = stage_budgets(params, model_folder(BASE))
         body = request_body(rec, model, labels, budgets)
         try:
             r = httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=120)

@@ -88,6 +88,31 @@ def test_each_generation_task_has_its_own_token_budget() -> None:
     assert per_task - one_number == 200 - 64
 
 
+def test_an_unset_token_budget_is_sized_from_the_training_answers() -> None:
+    tasks = {"summary": {"kind": "generation"}, "reply": {"kind": "generation", "max_tokens": 9}}
+    asked: list[str] = []
+
+    def sized(name: str) -> int:
+        asked.append(name)
+        return 21
+
+    assert evaluate.token_budgets(tasks, None, sized) == {"summary": 21, "reply": 9}
+    assert asked == ["summary"]  # a task with its own budget is not sized
+    assert evaluate.token_budgets(tasks, 64, sized) == {"summary": 64, "reply": 9}
+    # half again the 95th percentile (numpy's linear interpolation), rounded up
+    assert evaluate.answer_budget(list(range(1, 101))) == 143  # 1.5 x 95.05
+    assert evaluate.answer_budget([10] * 19 + [100]) == 22  # 1.5 x 14.5: one outlier
+    assert evaluate.answer_budget([4] * 20) == 6
+    with pytest.raises(PipelineError, match="no training answers"):
+        evaluate.answer_budget([])
+
+
+def test_sizing_without_a_tokenizer_names_the_param_to_set(tmp_path: Path) -> None:
+    sized = evaluate.sized_budgets(tmp_path / "models/base")
+    with pytest.raises(PipelineError, match="evaluate.max_tokens is empty: .*set a number"):
+        sized("summary")
+
+
 def test_a_ticket_record_is_constrained_to_one_line_per_task() -> None:
     import re
 
@@ -452,7 +477,7 @@ def test_server_crash_mid_run_fails_fast(vllm_server) -> None:
     timer = threading.Timer(3, kill)
     timer.start()
     with pytest.raises(PipelineError) as err:
-        evaluate.send_all(records, {}, endpoint, cfg)
+        evaluate.send_all(records, {}, endpoint, cfg, {"summary": 64})
     timer.join()
     assert time.monotonic() - killed[0] < 120  # not one request timeout (600 s), let alone 200
     first, *tail = str(err.value).splitlines()
@@ -505,6 +530,8 @@ def test_dvc_repro_evaluates_the_merged_model(tiny_workspace: Path, tmp_path: Pa
                 assert 0 <= t[key] <= 1
             assert t["rougeL_ci95"][0] <= t["rougeL"] <= t["rougeL_ci95"][1]
             assert t["errors"] == 0 and 0 <= t["truncated_rate"] <= 1
+            assert params["evaluate"]["max_tokens"] is None  # sized from the training answers
+            assert t["max_tokens"] == evaluate.answer_budget(answer_lengths(ws, name))
     o = m["overall"]
     assert o["requests"] == len(records) and o["errors"] == 0 and o["error_rate"] == 0
     assert 0 < o["latency_p50_s"] <= o["latency_p95_s"] <= o["latency_p99_s"]
@@ -527,6 +554,16 @@ def test_dvc_repro_evaluates_the_merged_model(tiny_workspace: Path, tmp_path: Pa
     assert "metrics/confusion/category.csv" in plots
     status = dvc(["status", "evaluate"], ws).stdout
     assert "changed" not in status  # dvc.lock records the run
+
+
+def answer_lengths(ws: Path, task: str) -> list[int]:
+    """Token counts of a task's training answers, by the merged model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(ws / "models/merged"))
+    train = (ws / "data/prepared/train.jsonl").read_text().splitlines()
+    answers = [json.loads(x)["answers"].get(task) for x in train]
+    return [len(tokenizer.encode(a, add_special_tokens=False)) for a in answers if a is not None]
 
 
 def test_parity_counts_identical_answers_per_task() -> None:

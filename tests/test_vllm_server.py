@@ -144,8 +144,10 @@ def mini_workspace(
     baseline: dict[str, Any] | None = None,
 ) -> Path:
     """A folder the evaluate stage runs in: params.yaml, data/prepared, metrics/baseline.json
-    and models/merged (a link to `model`), without running the pipeline."""
-    params = set_dotted(yaml.safe_load((REPO / "params.yaml").read_text()), overrides or {})
+    and models/merged (a link to `model`), without running the pipeline. Answers are capped at
+    64 tokens unless `overrides` say otherwise (sizing them is tested on its own)."""
+    overrides = {"evaluate.max_tokens": 64, **(overrides or {})}
+    params = set_dotted(yaml.safe_load((REPO / "params.yaml").read_text()), overrides)
     tasks = {name for r in records for name in r["tasks"]}
     params["tasks"] = {k: v for k, v in params["tasks"].items() if k in tasks}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
