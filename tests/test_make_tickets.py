@@ -1,11 +1,17 @@
-"""The embedded ticket set is reproducible from its generator, byte for byte."""
+"""The embedded ticket set is reproducible from its generator, byte for byte; its templates load."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,3 +32,56 @@ def test_another_seed_gives_other_tickets(tmp_path: Path) -> None:
     a, b = generate(tmp_path, 1, n=300), generate(tmp_path, 2, n=300)
     assert a != b
     assert a.splitlines()[0] == b.splitlines()[0] == b"id,subject,body,category,priority,summary"
+
+
+def generator():
+    """data/make_tickets.py as a module (data/ is not a package), as bench/priority_cues.py does."""
+    spec = importlib.util.spec_from_file_location("make_tickets", REPO / "data" / "make_tickets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_templates_load_from_yaml() -> None:
+    gen = generator()
+    tables = gen.load_templates(REPO / "data" / "templates")
+    assert tables["CUES"] == gen.CUES and len(gen.CUES) == len(gen.LEVELS) == 4
+    assert set(gen.INTENTS) == set(gen.CATEGORY_WEIGHTS) == set(gen.ASIDES)
+    assert all(
+        isinstance(intent, gen.Intent) for intents in gen.INTENTS.values() for intent in intents
+    )
+    assert gen.SIGNOFFS[-1] == ""  # quoted in YAML, not null
+    assert "Re: Support request" in gen.VAGUE_SUBJECTS  # quoted in YAML, not a mapping
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new", "error"),
+    [
+        ("cues.yaml", "  high:", "  hihg:", r"cues\.yaml: cues: missing high; unknown hihg"),
+        ("framing.yaml", "  - ''", "  - yes", r"framing\.yaml: signoffs\[7\]: expected a string"),
+        (
+            "intents.yaml",
+            "ending {last4}; bank",
+            "ending {last_4}; bank",
+            r"intents\.yaml: intents\.billing\[1\]\.cases\[1\]\.summary: unknown slot \{last_4\}",
+        ),
+        ("slots.yaml", "\nagents:", "\nagent:", r"slots\.yaml: missing agents; unknown agent"),
+    ],
+)
+def test_malformed_template_names_file_and_key(
+    tmp_path: Path, file: str, old: str, new: str, error: str
+) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(REPO / "data" / "templates", templates)
+    text = (templates / file).read_text(encoding="utf-8")
+    assert text.count(old) == 1
+    (templates / file).write_text(text.replace(old, new), encoding="utf-8")
+    gen = generator()
+    with pytest.raises(gen.TemplateError, match=error):
+        gen.load_templates(templates)
+    # the script stops with that message, not a traceback
+    env = {**os.environ, "TICKET_TEMPLATES": str(templates)}
+    cmd = [sys.executable, "data/make_tickets.py", "--out", str(tmp_path / "t.csv")]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 1 and re.search(error, result.stderr)
+    assert "Traceback" not in result.stderr and not (tmp_path / "t.csv").exists()
