@@ -17,9 +17,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from stages.common import ROOT, serve_python, write_json
 from stages.evaluate import Endpoint, Outcome, send_all, stage_budgets
 from stages.vllm_server import VLLMServer
+from triage.files import write_json
+from triage.machine import ROOT, serve_python
 
 RESULTS = ROOT / "bench" / "results"
 MERGED = ROOT / "models" / "merged"  # the model every serving benchmark serves

@@ -18,8 +18,8 @@ import time
 from typing import Any
 
 from bench.common import WORK, bench_records, repeats, save, served_passes, spread
-from stages.common import load_params
 from stages.evaluate import overall, read_inputs, score
+from triage.params import load_params
 
 # (name, what changes relative to the session-1 settings). Session 1 shipped: max_num_seqs 8,
 # concurrency 8, vLLM's CPU reservation (1 of 2 cores for the engine's scheduler), prefix

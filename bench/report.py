@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from bench.common import ROOT, load
-from stages.common import write_text
+from triage.files import write_text
 
 OUT = ROOT / "BENCHMARKS.md"
 

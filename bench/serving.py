@@ -39,9 +39,11 @@ from bench.common import (
     spread,
     timed,
 )
-from stages.common import cpu_has_bf16, load_params, serve_python, write_text
 from stages.evaluate import read_inputs, request_body, stage_budgets
 from stages.vllm_server import VLLMServer
+from triage.files import write_text
+from triage.machine import cpu_has_bf16, serve_python
+from triage.params import load_params
 
 
 def served(

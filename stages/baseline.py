@@ -20,7 +20,8 @@ from typing import Any
 import pandas as pd
 
 from stages import scoring
-from stages.common import PipelineError, load_params, run_main, write_json
+from triage.files import run_main, write_json
+from triage.params import PipelineError, load_params
 
 PREPARED = Path("data/prepared")
 METRICS = Path("metrics/baseline.json")

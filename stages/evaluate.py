@@ -48,16 +48,6 @@ from typing import Any
 import httpx
 
 from stages import scoring
-from stages.common import (
-    PipelineError,
-    atomic_dir,
-    load_params,
-    model_name_or_path,
-    param_integer,
-    param_positive,
-    write_json,
-    write_text,
-)
 from stages.records import (
     constraint,
     messages,
@@ -67,6 +57,14 @@ from stages.records import (
 )
 from stages.scoring import r4
 from stages.vllm_server import SERVE_INFO, VLLMServer, check_serve_params
+from triage.files import atomic_dir, write_json, write_text
+from triage.params import (
+    PipelineError,
+    load_params,
+    model_name_or_path,
+    param_integer,
+    param_positive,
+)
 
 MODEL = Path("models/merged")
 BASE, ADAPTER = Path("models/base"), Path("models/adapter")  # evaluate.serve: adapter

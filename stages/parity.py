@@ -23,8 +23,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from stages.common import PipelineError, load_params, run_main, write_json
 from stages.scoring import r4
+from triage.files import run_main, write_json
+from triage.params import PipelineError, load_params
 
 MERGED = Path("data/eval/predictions.jsonl")
 ADAPTER = Path("data/eval/predictions_adapter.jsonl")

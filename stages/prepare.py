@@ -27,16 +27,9 @@ from typing import Any
 
 import pandas as pd
 
-from stages.common import (
-    PipelineError,
-    atomic_dir,
-    load_params,
-    param_integer,
-    run_main,
-    write_json,
-    write_text,
-)
 from stages.records import LAYOUTS, records_for_ticket
+from triage.files import atomic_dir, run_main, write_json, write_text
+from triage.params import PipelineError, load_params, param_integer
 
 OUT = Path("data/prepared")
 METRICS = Path("metrics/data.json")

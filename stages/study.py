@@ -30,8 +30,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from stages.common import PipelineError, run_main
 from stages.presets import override
+from triage.files import run_main
+from triage.params import PipelineError
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The vLLM server lifecycle: start an OpenAI-compatible server, wait until healthy, always stop it.
 
-The server runs from the serving environment (see `common.serve_python`) in a process group
+The server runs from the serving environment (see `triage.machine.serve_python`) in a process group
 of its own, bound to 127.0.0.1 on a port chosen at run time (or `serve.port`), with a random
 API key. vLLM spawns more processes (`VLLM::EngineCore`, `VLLM::Worker`, a multiprocessing
 resource tracker); they all stay in that group, and the group is stopped as a whole (SIGTERM,
@@ -45,16 +45,9 @@ from typing import Any
 
 import httpx
 
-from stages.common import (
-    ROOT,
-    PipelineError,
-    cpu_has_bf16,
-    load_params,
-    param_integer,
-    param_positive,
-    serve_python,
-    write_text,
-)
+from triage.files import write_text
+from triage.machine import ROOT, cpu_has_bf16, serve_python
+from triage.params import PipelineError, load_params, param_integer, param_positive
 
 # set in the server's environment: the pid of the process that started it
 OWNER_ENV = "TICKET_VLLM_OWNER"
