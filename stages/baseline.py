@@ -7,7 +7,7 @@ first `max_samples` records of the training split (`tfidf_lora_tickets`), so tha
 model is compared like for like. `majority` always answers the most frequent training
 label. Each generation task gets an extractive answer taken from the ticket itself (its
 first line or first sentence), scored with ROUGE-1/2/L. Scores and their bootstrap
-intervals come from stages/scoring.py, as the evaluate stage's do.
+intervals come from triage/scoring.py, as the evaluate stage's do.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from stages import scoring
+from triage import scoring
 from triage.files import run_main, write_json
 from triage.params import PipelineError, load_params
 

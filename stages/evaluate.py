@@ -4,7 +4,7 @@ Starts a vLLM OpenAI-compatible server on `models/merged/` (`stages/vllm_server.
 the running server at `evaluate.base_url`), sends every record of `data/prepared/test.jsonl`
 to `/v1/chat/completions` and scores the answers:
 
-- the prompt is built by stages/records.py, the module prepare built the training records
+- the prompt is built by triage/records.py, the module prepare built the training records
   with: the record's system prompt, then one user turn `instruction + "\\n" + input`; the
   served chat template is LlamaFactory's training template (the merge stage installs it);
 - temperature 0; the answer is constrained with structured outputs to the record's shape:
@@ -47,16 +47,8 @@ from typing import Any
 
 import httpx
 
-from stages import scoring
-from stages.records import (
-    constraint,
-    messages,
-    parse_answer,
-    records_for_ticket,
-    training_chat_template,
-)
-from stages.scoring import r4
 from stages.vllm_server import SERVE_INFO, VLLMServer, check_serve_params
+from triage import scoring
 from triage.files import atomic_dir, write_json, write_text
 from triage.params import (
     PipelineError,
@@ -65,6 +57,14 @@ from triage.params import (
     param_integer,
     param_positive,
 )
+from triage.records import (
+    constraint,
+    messages,
+    parse_answer,
+    records_for_ticket,
+    training_chat_template,
+)
+from triage.scoring import round4
 
 MODEL = Path("models/merged")
 BASE, ADAPTER = Path("models/base"), Path("models/adapter")  # evaluate.serve: adapter
@@ -212,7 +212,7 @@ def request_body(
     max_tokens: int | dict[str, int],
 ) -> dict[str, Any]:
     """One chat-completions request, its answer constrained to the record's shape
-    (stages/records.py: label sets for classification, one line per task)."""
+    (triage/records.py: label sets for classification, one line per task)."""
     structured, budget = constraint(record["tasks"], labels, max_tokens)
     body: dict[str, Any] = {
         "model": model,
@@ -438,7 +438,7 @@ def shown_label(outcome: Outcome, label_set: set[str]) -> str:
 
 
 def score_classification(gold: list[str], shown: list[str], labels: list[str]) -> dict[str, Any]:
-    """Scores as stages/baseline.py computes them (stages/scoring.py); an invalid answer or an
+    """Scores as stages/baseline.py computes them (triage/scoring.py); an invalid answer or an
     error counts as wrong (it lowers its gold class's recall) and in invalid_rate.
 
     Macro-F1 averages over the labels that occur in gold or in the (valid) predictions,
@@ -456,10 +456,10 @@ def score_classification(gold: list[str], shown: list[str], labels: list[str]) -
     return {
         "n": len(gold),
         **scoring.classification(gold, shown, labels=present),
-        "invalid_rate": r4(sum(s not in label_set for s in shown) / len(shown)),
+        "invalid_rate": round4(sum(s not in label_set for s in shown) / len(shown)),
         "errors": sum(s == ERROR for s in shown),
         "classification_report": {
-            label: {k: r4(v) for k, v in row.items()} for label, row in report.items()
+            label: {k: round4(v) for k, v in row.items()} for label, row in report.items()
         },
     }
 
@@ -468,10 +468,10 @@ def score_generation(gold: list[str], outcomes: list[Outcome]) -> dict[str, Any]
     """ROUGE-1/2/L as stages/baseline.py computes them; a failed request scores 0."""
     answers = [(o.content or "").strip() for o in outcomes]
     metrics: dict[str, Any] = {"n": len(gold), **scoring.rouge(gold, answers)}
-    metrics["error_rate"] = r4(sum(o.error is not None for o in outcomes) / len(outcomes))
+    metrics["error_rate"] = round4(sum(o.error is not None for o in outcomes) / len(outcomes))
     metrics["errors"] = sum(o.error is not None for o in outcomes)
     # answers cut at evaluate.max_tokens: if this is high, raise max_tokens
-    metrics["truncated_rate"] = r4(
+    metrics["truncated_rate"] = round4(
         sum(o.finish_reason == "length" for o in outcomes) / len(outcomes)
     )
     return metrics
@@ -480,7 +480,7 @@ def score_generation(gold: list[str], outcomes: list[Outcome]) -> dict[str, Any]
 def percentile(values: list[float], q: float) -> float | None:
     import numpy as np
 
-    return r4(float(np.percentile(values, q))) if values else None
+    return round4(float(np.percentile(values, q))) if values else None
 
 
 def score(
@@ -514,17 +514,17 @@ def overall(outcomes: list[Outcome], wall_s: float, startup_s: float | None) -> 
     return {
         "requests": len(outcomes),
         "errors": errors,
-        "error_rate": r4(errors / len(outcomes)),
+        "error_rate": round4(errors / len(outcomes)),
         "retried_requests": sum(o.attempts > 1 for o in outcomes),
         # latency of the successful requests (queueing at the server and retries included)
         "latency_p50_s": percentile(ok, 50),
         "latency_p95_s": percentile(ok, 95),
         "latency_p99_s": percentile(ok, 99),
-        "requests_per_second": r4(len(outcomes) / wall_s),
+        "requests_per_second": round4(len(outcomes) / wall_s),
         "output_tokens": tokens,
-        "output_tokens_per_second": r4(tokens / wall_s),
-        "wall_time_s": r4(wall_s),  # sending every request, server start-up excluded
-        "server_startup_s": r4(startup_s),  # null when evaluate.base_url is used
+        "output_tokens_per_second": round4(tokens / wall_s),
+        "wall_time_s": round4(wall_s),  # sending every request, server start-up excluded
+        "server_startup_s": round4(startup_s),  # null when evaluate.base_url is used
     }
 
 
@@ -564,7 +564,7 @@ def prediction_rows(records: list[dict[str, Any]], outcomes: list[Outcome]) -> s
             "task": record["task"],
             "gold": record["output"],
             "predicted": o.content.strip() if o.content is not None else None,
-            "latency_s": r4(o.latency_s),
+            "latency_s": round4(o.latency_s),
             "error": o.error,
             "finish_reason": o.finish_reason,
             "output_tokens": o.output_tokens,

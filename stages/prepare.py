@@ -4,7 +4,7 @@ Reads `prepare.input` (CSV, JSONL or Parquet; which column is what comes from pa
 so another export needs a params change only), checks every row, splits the *tickets* into
 train / validation / test (stratified on `prepare.stratify`, else on the first classification
 task; seeded) and writes alpaca records to `data/prepared/` (one per ticket answering every
-task, or one per (ticket, task): `prepare.records`, see stages/records.py), with the
+task, or one per (ticket, task): `prepare.records`, see triage/records.py), with the
 `dataset_info.json` LlamaFactory reads. Splitting tickets rather than records keeps every
 task of a ticket on one side, so no test ticket was seen in training under another
 instruction.
@@ -27,9 +27,9 @@ from typing import Any
 
 import pandas as pd
 
-from stages.records import LAYOUTS, records_for_ticket
 from triage.files import atomic_dir, run_main, write_json, write_text
 from triage.params import PipelineError, load_params, param_integer
+from triage.records import LAYOUTS, records_for_ticket
 
 OUT = Path("data/prepared")
 METRICS = Path("metrics/data.json")
@@ -509,7 +509,7 @@ def make_records(
     system: str,
     layout: str,
 ) -> dict[str, list[dict[str, Any]]]:
-    """The records of every ticket (stages/records.py), by split, in ticket order."""
+    """The records of every ticket (triage/records.py), by split, in ticket order."""
     records: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     for t in tickets.itertuples():
         gold = {name: str(answers.at[t.Index, name]) for name in tasks}

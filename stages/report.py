@@ -23,7 +23,7 @@ the committed metrics stale, and the report says so first), `dvc params diff`,
 `dvc metrics diff` (the headline scores only: per-class reports are in files DVC does not
 diff) and `dvc plots diff --json`, and pairs the committed per-ticket predictions of both
 commits (`data/eval/predictions.jsonl`) to mark each headline change as beyond noise or not
-(a paired bootstrap, `stages/scoring.py`).
+(a paired bootstrap, `triage/scoring.py`).
 """
 
 from __future__ import annotations
@@ -758,7 +758,7 @@ def read_predictions(text: str | None) -> dict[tuple[str, str], tuple[str, str]]
 def noise_section(base: str) -> str:
     """Each headline change between `base`'s committed predictions and the workspace's, on the
     test tickets both answered with the same gold answer, with a paired-bootstrap interval."""
-    from stages.scoring import paired_deltas  # numpy and rouge-score: the CI job installs both
+    from triage.scoring import paired_deltas  # numpy and rouge-score: the CI job installs both
 
     before = read_predictions(Run("base", base, {}, {}).read(PREDICTIONS))
     after = read_predictions(Run("head", None, {}, {}).read(PREDICTIONS))

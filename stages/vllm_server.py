@@ -488,7 +488,7 @@ def serve_forever(model: str, port: int | None, log_path: str, adapter: str | No
         params["port"] = port
     template = None
     if adapter is not None:  # served on the base model, with the template it was trained with
-        from stages.records import training_chat_template
+        from triage.records import training_chat_template
 
         template = Path(log_path).with_name("serve_chat_template.jinja")
         template.parent.mkdir(parents=True, exist_ok=True)

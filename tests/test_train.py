@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import records, train
+from stages import train
 from tests.conftest import REPO, Experiment, run, set_params
+from triage import records
 
 
 def load_yaml(path: Path) -> dict:

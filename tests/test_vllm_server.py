@@ -30,9 +30,9 @@ from typing import Any
 import pytest
 import yaml
 
-from stages.records import records_for_ticket
 from stages.vllm_server import OWNER_ENV, VLLMServer, group_pids
 from triage.params import PipelineError
+from triage.records import records_for_ticket
 
 REPO = Path(__file__).resolve().parent.parent
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())

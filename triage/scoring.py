@@ -18,7 +18,8 @@ BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_SEED = 0  # fixed: the same predictions always get the same interval
 
 
-def r4(x: float | None) -> float | None:
+def round4(x: float | None) -> float | None:
+    """A score as the metrics files hold it: 4 decimals (None stays None)."""
     return None if x is None else round(float(x), 4)
 
 
@@ -29,7 +30,7 @@ def bootstrap_interval(
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     values = [statistic(rng.integers(0, n, n)) for _ in range(samples)]
     low, high = np.percentile(values, [2.5, 97.5])
-    return [r4(low), r4(high)]
+    return [round4(low), round4(high)]
 
 
 def macro_f1_of_counts(confusion: np.ndarray, classes: np.ndarray | None = None) -> float:
@@ -70,11 +71,13 @@ def classification(
         return float((g[idx] == p[idx]).mean())
 
     return {
-        "accuracy": r4(accuracy_score(gold, predicted)),
+        "accuracy": round4(accuracy_score(gold, predicted)),
         "accuracy_ci95": bootstrap_interval(accuracy, len(g)),
-        "macro_f1": r4(f1_score(gold, predicted, labels=labels, average="macro", zero_division=0)),
+        "macro_f1": round4(
+            f1_score(gold, predicted, labels=labels, average="macro", zero_division=0)
+        ),
         "macro_f1_ci95": bootstrap_interval(macro, len(g)),
-        "weighted_f1": r4(
+        "weighted_f1": round4(
             f1_score(gold, predicted, labels=labels, average="weighted", zero_division=0)
         ),
     }
@@ -89,7 +92,7 @@ def rouge(gold: Sequence[str], predicted: Sequence[str]) -> dict[str, Any]:
     per_item = {
         k: np.array([s[k].fmeasure for s in scores]) for k in ("rouge1", "rouge2", "rougeL")
     }
-    metrics: dict[str, Any] = {k: r4(v.mean()) for k, v in per_item.items()}
+    metrics: dict[str, Any] = {k: round4(v.mean()) for k, v in per_item.items()}
     metrics["rougeL_ci95"] = bootstrap_interval(
         lambda idx: per_item["rougeL"][idx].mean(), len(scores)
     )
@@ -137,9 +140,9 @@ def paired_deltas(
             return metric(h, idx) - metric(b, idx)
 
         result[name] = {
-            "base": r4(metric(b, everything)),
-            "head": r4(metric(h, everything)),
-            "delta": r4(delta(everything)),
+            "base": round4(metric(b, everything)),
+            "head": round4(metric(h, everything)),
+            "delta": round4(delta(everything)),
             "delta_ci95": bootstrap_interval(delta, len(gold)),
         }
     return result
