@@ -66,7 +66,7 @@ clean:  ## remove pipeline outputs (not the environments, not the DVC cache)
 # MODEL / PORT override what is served and where (default: models/merged on a free port);
 # ADAPTER=models/adapter serves the adapter on MODEL (default models/base) with vLLM's LoRA.
 serve:  ## serve models/merged with vLLM for interactive use (prints URL, key, curl example)
-	python -m stages.vllm_server $(MODEL) $(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(PORT),--port $(PORT))
+	python -m triage.server $(MODEL) $(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(PORT),--port $(PORT))
 
 parity: setup  ## adapter on the base model vs merged model, served alike: metrics/parity.json
 	dvc repro evaluate

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from stages.evaluate import Endpoint, Outcome, send_all, stage_budgets
-from stages.vllm_server import VLLMServer
 from triage.files import write_json
 from triage.machine import ROOT, serve_python
+from triage.server import VLLMServer
 
 RESULTS = ROOT / "bench" / "results"
 MERGED = ROOT / "models" / "merged"  # the model every serving benchmark serves

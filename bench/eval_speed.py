@@ -1,7 +1,7 @@
 """Evaluation speed: the evaluate stage's request path under one server setting after another.
 
 Each variant starts vLLM on `models/merged` exactly as the evaluate stage does
-(`stages.vllm_server.VLLMServer` with params.yaml's `serve:` plus the variant's changes),
+(`triage.server.VLLMServer` with params.yaml's `serve:` plus the variant's changes),
 sends the benchmark records with the stage's own client (`stages.evaluate.send_all`) and
 scores them, so a setting that changes the answers shows up next to the one that changes
 the speed. Each variant is one server start; its requests/s is the median of

@@ -1,7 +1,7 @@
 """Serving speed: (a) the served evaluation vs LlamaFactory's own generation, (b) served vs
 vLLM offline. Same machine, same merged model, same records, one run.
 
-- served: the evaluate stage's path: vLLM's OpenAI server (`stages.vllm_server`) and the
+- served: the evaluate stage's path: vLLM's OpenAI server (`triage.server`) and the
   stage's client (`stages.evaluate.send_all`: concurrency, structured-output labels);
 - offline: `vllm.LLM.chat` with the same engine arguments and per-request sampling
   (`bench/offline_vllm.py`, in the serving environment);
@@ -40,10 +40,10 @@ from bench.common import (
     timed,
 )
 from stages.evaluate import read_inputs, request_body, stage_budgets
-from stages.vllm_server import VLLMServer
 from triage.files import write_text
 from triage.machine import cpu_has_bf16, serve_python
 from triage.params import load_params
+from triage.server import VLLMServer
 
 
 def served(

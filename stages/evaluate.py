@@ -1,6 +1,6 @@
 """Stage evaluate: the merged model, served by vLLM as it will be deployed, scored on the test set.
 
-Starts a vLLM OpenAI-compatible server on `models/merged/` (`stages/vllm_server.py`; or uses
+Starts a vLLM OpenAI-compatible server on `models/merged/` (`triage/server.py`; or uses
 the running server at `evaluate.base_url`), sends every record of `data/prepared/test.jsonl`
 to `/v1/chat/completions` and scores the answers:
 
@@ -47,7 +47,6 @@ from typing import Any
 
 import httpx
 
-from stages.vllm_server import SERVE_INFO, VLLMServer, check_serve_params
 from triage import scoring
 from triage.files import atomic_dir, write_json, write_text
 from triage.params import (
@@ -65,6 +64,7 @@ from triage.records import (
     training_chat_template,
 )
 from triage.scoring import round4
+from triage.server import SERVE_INFO, VLLMServer, check_serve_params
 
 MODEL = Path("models/merged")
 BASE, ADAPTER = Path("models/base"), Path("models/adapter")  # evaluate.serve: adapter

@@ -38,10 +38,10 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from stages.vllm_server import raise_terminated
 from triage.files import atomic_dir, run_main, write_json, write_text
 from triage.machine import cpu_has_bf16
 from triage.params import PipelineError, load_params
+from triage.signals import raise_terminated
 
 CONFIG = Path("configs/train.yaml")
 ADAPTER = Path("models/adapter")

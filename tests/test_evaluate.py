@@ -23,7 +23,6 @@ import pytest
 import yaml
 
 from stages import evaluate
-from stages.vllm_server import VLLMServer, group_pids
 from tests.conftest import dvc
 from tests.test_vllm_server import (
     LABELS,
@@ -38,6 +37,7 @@ from tests.test_vllm_server import (
 )
 from triage.params import PipelineError
 from triage.records import label_max_tokens
+from triage.server import VLLMServer, group_pids
 
 # ----------------------------------------------------------------------------- requests
 

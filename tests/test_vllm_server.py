@@ -30,9 +30,9 @@ from typing import Any
 import pytest
 import yaml
 
-from stages.vllm_server import OWNER_ENV, VLLMServer, group_pids
 from triage.params import PipelineError
 from triage.records import records_for_ticket
+from triage.server import OWNER_ENV, VLLMServer, group_pids
 
 REPO = Path(__file__).resolve().parent.parent
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -338,17 +338,17 @@ def test_an_adapter_is_served_on_the_base_model_under_the_served_name(tmp_path: 
 
 
 def test_bf16_is_served_as_float32_where_the_cpu_only_emulates_it(monkeypatch) -> None:
-    from stages import vllm_server
+    from triage import server
 
-    monkeypatch.setattr(vllm_server.shutil, "which", lambda name: None)  # no GPU
-    monkeypatch.setattr(vllm_server, "cpu_has_bf16", lambda: False)
-    assert vllm_server.serving_dtype("bfloat16") == "float32"
-    assert vllm_server.serving_dtype("float16") == "float16"
-    monkeypatch.setattr(vllm_server, "cpu_has_bf16", lambda: True)
-    assert vllm_server.serving_dtype("bfloat16") == "bfloat16"
-    monkeypatch.setattr(vllm_server.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
-    monkeypatch.setattr(vllm_server, "cpu_has_bf16", lambda: False)
-    assert vllm_server.serving_dtype("bfloat16") == "bfloat16"  # a GPU computes bf16
+    monkeypatch.setattr(server.shutil, "which", lambda name: None)  # no GPU
+    monkeypatch.setattr(server, "cpu_has_bf16", lambda: False)
+    assert server.serving_dtype("bfloat16") == "float32"
+    assert server.serving_dtype("float16") == "float16"
+    monkeypatch.setattr(server, "cpu_has_bf16", lambda: True)
+    assert server.serving_dtype("bfloat16") == "bfloat16"
+    monkeypatch.setattr(server.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    monkeypatch.setattr(server, "cpu_has_bf16", lambda: False)
+    assert server.serving_dtype("bfloat16") == "bfloat16"  # a GPU computes bf16
 
 
 @pytest.mark.parametrize(
