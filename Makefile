@@ -74,7 +74,7 @@ parity: setup  ## adapter on the base model vs merged model, served alike: metri
 	python -m stages.parity
 
 chat:  ## triage one ticket with the `make serve` server: make chat TICKET="Subject: ..."
-	python -m stages.evaluate --chat
+	python -m triage.chat
 
 # The tuning guide's studies (part 4) as queued DVC experiments; see stages/study.py.
 # Sized down for a quick CPU run:

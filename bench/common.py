@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from stages.evaluate import Endpoint, Outcome, send_all, stage_budgets
+from triage.client import Endpoint, Outcome, send_all, stage_budgets
 from triage.files import write_json
 from triage.machine import ROOT, serve_python
 from triage.server import VLLMServer

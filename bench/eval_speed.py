@@ -2,7 +2,7 @@
 
 Each variant starts vLLM on `models/merged` exactly as the evaluate stage does
 (`triage.server.VLLMServer` with params.yaml's `serve:` plus the variant's changes),
-sends the benchmark records with the stage's own client (`stages.evaluate.send_all`) and
+sends the benchmark records with the stage's own client (`triage.client.send_all`) and
 scores them, so a setting that changes the answers shows up next to the one that changes
 the speed. Each variant is one server start; its requests/s is the median of
 BENCH_REPEATS passes after a warm-up pass.
@@ -18,8 +18,9 @@ import time
 from typing import Any
 
 from bench.common import WORK, bench_records, repeats, save, served_passes, spread
-from stages.evaluate import overall, read_inputs, score
 from triage.params import load_params
+from triage.prepared import read_inputs
+from triage.scoring import overall, score
 
 # (name, what changes relative to the session-1 settings). Session 1 shipped: max_num_seqs 8,
 # concurrency 8, vLLM's CPU reservation (1 of 2 cores for the engine's scheduler), prefix

@@ -2,7 +2,7 @@
 vLLM offline. Same machine, same merged model, same records, one run.
 
 - served: the evaluate stage's path: vLLM's OpenAI server (`triage.server`) and the
-  stage's client (`stages.evaluate.send_all`: concurrency, structured-output labels);
+  stage's client (`triage.client.send_all`: concurrency, structured-output labels);
 - offline: `vllm.LLM.chat` with the same engine arguments and per-request sampling
   (`bench/offline_vllm.py`, in the serving environment);
 - LlamaFactory: `llamafactory-cli train` with `do_predict` and `predict_with_generate` (its
@@ -39,10 +39,11 @@ from bench.common import (
     spread,
     timed,
 )
-from stages.evaluate import read_inputs, request_body, stage_budgets
+from triage.client import request_body, stage_budgets
 from triage.files import write_text
 from triage.machine import cpu_has_bf16, serve_python
 from triage.params import load_params
+from triage.prepared import read_inputs
 from triage.server import VLLMServer
 
 

@@ -46,7 +46,13 @@ import httpx
 
 from triage.files import write_text
 from triage.machine import ROOT, cpu_has_bf16, serve_python
-from triage.params import PipelineError, load_params, param_integer, param_positive
+from triage.params import (
+    PipelineError,
+    load_params,
+    model_name_or_path,
+    param_integer,
+    param_positive,
+)
 from triage.signals import Terminated, raise_terminated
 
 # set in the server's environment: the pid of the process that started it
@@ -193,6 +199,14 @@ def lora_rank_of(adapter: Path) -> int:
     if not fitting:
         raise PipelineError(f"{config}: rank {rank} is above vLLM's largest ({LORA_RANKS[-1]})")
     return fitting[0]
+
+
+def model_folder(folder: Path) -> Path:
+    """The folder vLLM loads for `folder`: itself, or, for a base model the base_model stage
+    only points at (a local Hugging Face folder: `source.json`, no weights), that folder."""
+    if (folder / "config.json").is_file() or not (folder / "source.json").is_file():
+        return folder
+    return Path(model_name_or_path(folder))
 
 
 class VLLMServer:
