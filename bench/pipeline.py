@@ -27,8 +27,8 @@ from typing import Any
 import yaml
 
 from bench.common import ROOT, WORK, repeats, save, spread, timed
-from stages.train import command as train_command
-from stages.train import summarise
+from triage.training import command as train_command
+from triage.training import summarise
 
 STAGE_LINE = re.compile(r"Running stage '(\w+)'")
 
