@@ -595,7 +595,7 @@ def answer_lengths(ws: Path, task: str) -> list[int]:
 
 
 def test_parity_counts_identical_answers_per_task() -> None:
-    from stages import parity
+    from triage import parity
 
     merged = {("a", "priority"): "high", ("b", "priority"): "low", ("a", "summary"): "x y"}
     adapter = {("a", "priority"): "high", ("b", "priority"): "medium", ("a", "summary"): "x y"}
