@@ -26,14 +26,14 @@ import yaml
 
 from stages import evaluate
 from tests.conftest import dvc
-from tests.test_vllm_server import (
+from tests.helpers import (
     LABELS,
     PARAMS,
     SERVE,
     leaked_shm,
     mini_workspace,
     owned_processes,
-    run_stage,
+    run_evaluate,
     server_pid,
     stage_env,
     task_records,
@@ -296,7 +296,7 @@ def test_stage_against_a_misbehaving_server(fake_server: FakeServer, tmp_path: P
         "Subject: Hmm\n\nGARBAGE in.",
     ]
     ws = mini_workspace(tmp_path, task_records(texts), overrides=fake_run_params(fake_server.url))
-    proc = run_stage(ws, timeout=600, FAKE_KEY=FakeServer.KEY)  # the slow requests time out
+    proc = run_evaluate(ws, timeout=600, FAKE_KEY=FakeServer.KEY)  # the slow requests time out
     assert proc.returncode == 0, proc.stderr
 
     # every request was built as in training and constrained where it classifies
@@ -341,7 +341,7 @@ def test_wrong_api_key_is_one_line(fake_server: FakeServer, tmp_path: Path) -> N
     ws = mini_workspace(
         tmp_path, task_records(["Subject: a\n\nb"]), overrides=fake_run_params(fake_server.url)
     )
-    proc = run_stage(ws, timeout=60, FAKE_KEY="wrong")
+    proc = run_evaluate(ws, timeout=60, FAKE_KEY="wrong")
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [
         f"error: evaluate.base_url {fake_server.url}: API key refused (HTTP 401); "
@@ -377,7 +377,7 @@ def test_server_vanishing_mid_run_stops_the_stage(tmp_path: Path) -> None:
         tmp_path, task_records(texts), overrides=fake_run_params(server.url, retries=4)
     )
     started = time.monotonic()
-    proc = run_stage(ws, timeout=900, FAKE_KEY=FakeServer.KEY)
+    proc = run_evaluate(ws, timeout=900, FAKE_KEY=FakeServer.KEY)
     assert proc.returncode == 1
     # one refused request's retries (backoff 0.5 + 1 + 2 + 4 s), not the 115 left's (~290 s
     # at concurrency 3): a bound far from both, so a loaded machine does not decide it
@@ -393,7 +393,7 @@ def test_wedged_server_stops_the_stage(fake_server: FakeServer, tmp_path: Path) 
     texts = [f"Subject: T{i}\n\nSLOW" for i in range(20)]
     overrides = fake_run_params(fake_server.url, concurrency=2)
     ws = mini_workspace(tmp_path, task_records(texts), overrides=overrides)
-    proc = run_stage(ws, timeout=900, FAKE_KEY=FakeServer.KEY)
+    proc = run_evaluate(ws, timeout=900, FAKE_KEY=FakeServer.KEY)
     assert proc.returncode == 1
     # it gave up after 2 x concurrency + 2 unanswered requests (and those in flight), not 60
     assert len(fake_server.bodies) <= 2 * 2 + 2 + 2
@@ -446,7 +446,7 @@ def test_adversarial_tickets_still_get_labels(vllm_server, tmp_path: Path) -> No
         task_records(ADVERSARIAL, tasks=("category", "priority")),
         overrides={"evaluate.base_url": server.url, "evaluate.api_key_env": "TEST_VLLM_KEY"},
     )
-    proc = run_stage(ws, timeout=300, TEST_VLLM_KEY=server.api_key)
+    proc = run_evaluate(ws, timeout=300, TEST_VLLM_KEY=server.api_key)
     assert proc.returncode == 0, proc.stderr
     predictions = [
         json.loads(x) for x in (ws / "data/eval/predictions.jsonl").read_text().splitlines()

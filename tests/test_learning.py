@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import dvc, run
-from tests.test_prepare import make_tickets
+from tests.helpers import make_tickets
 
 TEAMS = {"billing": "north", "shipping": "south", "account": "west"}
 TOY = {
