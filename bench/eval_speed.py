@@ -22,10 +22,10 @@ from triage.params import load_params
 from triage.prepared import read_inputs
 from triage.scoring import overall, score
 
-# (name, what changes relative to the session-1 settings). Session 1 shipped: max_num_seqs 8,
+# (name, what changes relative to the untuned settings). Untuned: max_num_seqs 8,
 # concurrency 8, vLLM's CPU reservation (1 of 2 cores for the engine's scheduler), prefix
 # caching on, eager mode, structured-output backend auto.
-SESSION_1: dict[str, Any] = {
+UNTUNED: dict[str, Any] = {
     "serve": {
         "max_num_seqs": 8,
         "enable_prefix_caching": True,
@@ -36,7 +36,7 @@ SESSION_1: dict[str, Any] = {
     "evaluate": {"concurrency": 8},
 }
 VARIANTS: list[tuple[str, dict[str, Any]]] = [
-    ("session 1 settings", {}),
+    ("untuned settings", {}),
     ("all cores for the model (VLLM_CPU_NUM_OF_RESERVED_CPU=0)",
      {"serve": {"cpu_num_of_reserved_cpu": 0}}),
     ("+ max_num_seqs 32, concurrency 32",
@@ -61,10 +61,10 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
 
 
 def merged(params: dict[str, Any], changes: dict[str, Any] | None) -> dict[str, Any]:
-    """params.yaml's serve/evaluate with the session-1 settings and then `changes` applied;
+    """params.yaml's serve/evaluate with the untuned settings and then `changes` applied;
     None = params.yaml as it is."""
     out = copy.deepcopy(params)
-    for layer in [] if changes is None else [SESSION_1, changes]:
+    for layer in [] if changes is None else [UNTUNED, changes]:
         for section, values in layer.items():
             out[section] = {**out[section], **values}
     return out
