@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -44,17 +43,15 @@ from triage.client import (
     Endpoint,
     ServerGone,
     check_eval_params,
-    normalise_url,
-    remote_model,
+    remote_endpoint,
     send_all,
     stage_budgets,
 )
 from triage.files import atomic_dir, write_json, write_text
 from triage.params import PipelineError, load_params
 from triage.prepared import read_inputs
-from triage.records import training_chat_template
 from triage.scoring import overall, per_task, prediction_rows, score, write_confusion
-from triage.server import VLLMServer, check_serve_params, model_folder
+from triage.server import VLLMServer, check_serve_params, model_folder, write_chat_template
 
 MODEL = Path("models/merged")
 BASE, ADAPTER = Path("models/base"), Path("models/adapter")  # evaluate.serve: adapter
@@ -121,15 +118,11 @@ def run(params: dict[str, Any], out: Outputs = Outputs()) -> None:
     print(f"evaluate: max_tokens of the generation tasks: {budgets}", flush=True)
 
     if cfg.get("base_url") and out.model == MODEL:  # a named variant is always served here
-        url = normalise_url(cfg["base_url"])
-        key = os.environ.get(cfg["api_key_env"], "")
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        model = remote_model(url, headers, serve.get("served_model_name"), cfg["api_key_env"])
+        remote = remote_endpoint(cfg, serve.get("served_model_name"), cfg["api_key_env"])
+        url, model = remote.url, remote.model
         print(f"evaluate: {len(records)} requests to {url} (model {model!r})", flush=True)
         try:
-            outcomes, wall_s = send_all(
-                records, labels, Endpoint(url, headers, model), cfg, budgets
-            )
+            outcomes, wall_s = send_all(records, labels, remote, cfg, budgets)
         except ServerGone as e:
             raise PipelineError(f"evaluate.base_url {url} stopped answering: {e}") from None
         startup_s = None
@@ -141,9 +134,7 @@ def run(params: dict[str, Any], out: Outputs = Outputs()) -> None:
         template = None
         if out.adapter is not None:  # the base model's own template may not be the trained one
             template = out.server_log.with_name("chat_template.jinja")
-            template.parent.mkdir(parents=True, exist_ok=True)
-            jinja = training_chat_template(out.model, params["template"], params["default_system"])
-            write_text(template, jinja)
+            write_chat_template(template, out.model, params)
         server = VLLMServer(out.model, serve, out.server_log, out.adapter, template)
         what = f"{out.adapter} on {out.model}" if out.adapter else str(out.model)
         print(

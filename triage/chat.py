@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from triage.client import normalise_url, remote_model, request_body, stage_budgets
+from triage.client import remote_endpoint, request_body, stage_budgets
 from triage.files import run_main
 from triage.params import PipelineError, load_params
 from triage.prepared import PREPARED
@@ -35,11 +35,9 @@ def chat(text: str) -> None:
     params = load_params()
     cfg, tasks = params.get("evaluate") or {}, params["tasks"]
     if cfg.get("base_url"):
-        url = normalise_url(cfg["base_url"])
-        key = os.environ.get(cfg.get("api_key_env") or "", "")
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
         key_env = cfg.get("api_key_env") or "the API key variable"
-        model = remote_model(url, headers, params["serve"].get("served_model_name"), key_env)
+        remote = remote_endpoint(cfg, params["serve"].get("served_model_name"), key_env)
+        url, headers, model = remote.url, remote.headers, remote.model
     elif SERVE_INFO.is_file():
         info = json.loads(SERVE_INFO.read_text(encoding="utf-8"))
         url, model = info["url"], info["model"]

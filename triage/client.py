@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import random
 import sys
 import time
@@ -317,6 +318,15 @@ def remote_model(url: str, headers: dict[str, str], preferred: str | None, key_e
     raise PipelineError(
         f"evaluate.base_url {url} serves {', '.join(names)}: set serve.served_model_name to one"
     )
+
+
+def remote_endpoint(cfg: dict[str, Any], preferred: str | None, key_env: str) -> Endpoint:
+    """The running server at `evaluate.base_url`: its URL, the API key from the variable that
+    `evaluate.api_key_env` names (none if unset), and the model to request (`remote_model`)."""
+    url = normalise_url(cfg["base_url"])
+    key = os.environ.get(cfg.get("api_key_env") or "", "")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return Endpoint(url, headers, remote_model(url, headers, preferred, key_env))
 
 
 def normalise_url(url: str) -> str:

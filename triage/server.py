@@ -53,6 +53,7 @@ from triage.params import (
     param_integer,
     param_positive,
 )
+from triage.records import training_chat_template
 from triage.signals import Terminated, raise_terminated
 
 # set in the server's environment: the pid of the process that started it
@@ -207,6 +208,13 @@ def model_folder(folder: Path) -> Path:
     if (folder / "config.json").is_file() or not (folder / "source.json").is_file():
         return folder
     return Path(model_name_or_path(folder))
+
+
+def write_chat_template(path: Path, model: str | Path, params: dict[str, Any]) -> None:
+    """Write to `path` LlamaFactory's training template (params.yaml `template` and
+    `default_system`) rendered for `model`'s tokenizer: vLLM's `--chat-template` when it
+    serves an adapter on the base model, whose own template may not be the trained one."""
+    write_text(path, training_chat_template(model, params["template"], params["default_system"]))
 
 
 class VLLMServer:
@@ -489,12 +497,8 @@ def serve_forever(model: str, port: int | None, log_path: str, adapter: str | No
         params["port"] = port
     template = None
     if adapter is not None:  # served on the base model, with the template it was trained with
-        from triage.records import training_chat_template
-
         template = Path(log_path).with_name("serve_chat_template.jinja")
-        template.parent.mkdir(parents=True, exist_ok=True)
-        jinja = training_chat_template(model, all_params["template"], all_params["default_system"])
-        write_text(template, jinja)
+        write_chat_template(template, model, all_params)
     what = f"{adapter} on {model}" if adapter else model
     print(f"starting vLLM on {what} (log: {log_path}) ...", flush=True)
     with VLLMServer(model, params, log_path, adapter, template) as srv:
