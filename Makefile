@@ -42,7 +42,7 @@ repro: setup  ## run the whole pipeline on the embedded default
 	dvc repro
 
 exp: setup  ## run a preset as a DVC experiment: make exp PRESET=light (see configs/presets/)
-	python -m stages.presets $(PRESET)
+	python -m triage.presets $(PRESET)
 
 tensorboard:  ## TensorBoard on the current training's logs
 	tensorboard --logdir models/adapter/tensorboard
@@ -51,12 +51,12 @@ test: setup  ## run the test suite
 	python -m pytest $(PYTEST_ARGS)
 
 lint:  ## ruff
-	ruff check stages tests data bench
-	ruff format --check stages tests data bench
+	ruff check stages triage tests data bench
+	ruff format --check stages triage tests data bench
 
 format:  ## apply ruff's fixes and formatting
-	ruff check --fix stages tests data bench
-	ruff format stages tests data bench
+	ruff check --fix stages triage tests data bench
+	ruff format stages triage tests data bench
 
 clean:  ## remove pipeline outputs (not the environments, not the DVC cache)
 	rm -rf models/base models/adapter models/merged data/prepared data/eval runs
@@ -66,17 +66,17 @@ clean:  ## remove pipeline outputs (not the environments, not the DVC cache)
 # MODEL / PORT override what is served and where (default: models/merged on a free port);
 # ADAPTER=models/adapter serves the adapter on MODEL (default models/base) with vLLM's LoRA.
 serve:  ## serve models/merged with vLLM for interactive use (prints URL, key, curl example)
-	python -m stages.vllm_server $(MODEL) $(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(PORT),--port $(PORT))
+	python -m triage.server $(MODEL) $(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(PORT),--port $(PORT))
 
 parity: setup  ## adapter on the base model vs merged model, served alike: metrics/parity.json
 	dvc repro evaluate
 	python -m stages.evaluate --serve adapter --name adapter
-	python -m stages.parity
+	python -m triage.parity
 
 chat:  ## triage one ticket with the `make serve` server: make chat TICKET="Subject: ..."
-	python -m stages.evaluate --chat
+	python -m triage.chat
 
-# The tuning guide's studies (part 4) as queued DVC experiments; see stages/study.py.
+# The tuning guide's studies (part 4) as queued DVC experiments; see triage/study.py.
 # Sized down for a quick CPU run:
 #   make exp-rank VALUES="8 16" EXTRA="-S max_samples=40 -S prepare.max_tickets=200" JOBS=1
 # TARGETS=merge stops each run before the served evaluation.
@@ -89,22 +89,22 @@ STUDY_ARGS = $(if $(VALUES),--values $(VALUES)) $(if $(TARGETS),--targets $(TARG
 .PHONY: exp-rank exp-lr exp-target report pr-report
 
 exp-rank: setup  ## rank study: lora_rank 16/32/64/128, alpha 2 x rank (VALUES, EXTRA, JOBS)
-	python -m stages.study rank $(STUDY_ARGS)
+	python -m triage.study rank $(STUDY_ARGS)
 
 exp-lr: setup  ## learning-rate study: 1e-4/2e-4/5e-4 (VALUES, EXTRA, JOBS)
-	python -m stages.study lr $(STUDY_ARGS)
+	python -m triage.study lr $(STUDY_ARGS)
 
 exp-target: setup  ## target study: q_proj,v_proj / q,k,v,o / all (VALUES, EXTRA, JOBS)
-	python -m stages.study target $(STUDY_ARGS)
+	python -m triage.study target $(STUDY_ARGS)
 
 # EXPS="rank-16 rank-64" compares only these experiments (default: all of this commit)
 report: $(VENV)/.installed  ## reports/report.md: workspace vs experiments, curves, diagnosis
-	python -m stages.report $(if $(EXPS),--exp $(EXPS))
+	python -m triage.report $(if $(EXPS),--exp $(EXPS))
 
 # Needs only git and dvc (CI installs nothing else), so it does not depend on setup.
 BASE ?= main
 pr-report:  ## reports/pr.md: dvc params/metrics/plots diff against BASE (default main)
-	python -m stages.report --pr $(BASE)
+	python -m triage.report --pr $(BASE)
 
 # Benchmarks (bench/): scripts that measure, not tests. About an hour on 2 CPU cores.
 # TICKETS = test tickets per comparison (their records; 0 = the whole test set), REPEATS = runs.

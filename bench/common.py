@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -17,9 +18,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from stages.common import ROOT, serve_python, write_json
-from stages.evaluate import Endpoint, Outcome, send_all, stage_budgets
-from stages.vllm_server import VLLMServer
+from triage.client import Endpoint, Outcome, send_all, stage_budgets
+from triage.files import write_json
+from triage.machine import ROOT, serve_python
+from triage.server import VLLMServer
 
 RESULTS = ROOT / "bench" / "results"
 MERGED = ROOT / "models" / "merged"  # the model every serving benchmark serves
@@ -50,6 +52,20 @@ def timed(cmd: list[str], **kw: Any) -> tuple[float, subprocess.CompletedProcess
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
         raise SystemExit(f"bench: {' '.join(cmd)} exited {proc.returncode}")
     return wall, proc
+
+
+def copy_project(dest: Path) -> None:
+    """Copy the project's files into `dest`: what `git ls-files` shows (tracked, and new files
+    not ignored), so outputs, caches and environments stay behind. The benchmarks and the
+    tests' workspaces (tests/conftest.py) run `dvc repro` in such copies."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split("\0")  # fmt: skip
+    for rel in filter(None, files):
+        if (ROOT / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
 
 
 def save(name: str, data: dict[str, Any]) -> Path:

@@ -1,8 +1,8 @@
 """Evaluation speed: the evaluate stage's request path under one server setting after another.
 
 Each variant starts vLLM on `models/merged` exactly as the evaluate stage does
-(`stages.vllm_server.VLLMServer` with params.yaml's `serve:` plus the variant's changes),
-sends the benchmark records with the stage's own client (`stages.evaluate.send_all`) and
+(`triage.server.VLLMServer` with params.yaml's `serve:` plus the variant's changes),
+sends the benchmark records with the stage's own client (`triage.client.send_all`) and
 scores them, so a setting that changes the answers shows up next to the one that changes
 the speed. Each variant is one server start; its requests/s is the median of
 BENCH_REPEATS passes after a warm-up pass.
@@ -18,13 +18,14 @@ import time
 from typing import Any
 
 from bench.common import WORK, bench_records, repeats, save, served_passes, spread
-from stages.common import load_params
-from stages.evaluate import overall, read_inputs, score
+from triage.params import load_params
+from triage.prepared import read_inputs
+from triage.scoring import overall, score
 
-# (name, what changes relative to the session-1 settings). Session 1 shipped: max_num_seqs 8,
+# (name, what changes relative to the untuned settings). Untuned: max_num_seqs 8,
 # concurrency 8, vLLM's CPU reservation (1 of 2 cores for the engine's scheduler), prefix
 # caching on, eager mode, structured-output backend auto.
-SESSION_1: dict[str, Any] = {
+UNTUNED: dict[str, Any] = {
     "serve": {
         "max_num_seqs": 8,
         "enable_prefix_caching": True,
@@ -35,7 +36,7 @@ SESSION_1: dict[str, Any] = {
     "evaluate": {"concurrency": 8},
 }
 VARIANTS: list[tuple[str, dict[str, Any]]] = [
-    ("session 1 settings", {}),
+    ("untuned settings", {}),
     ("all cores for the model (VLLM_CPU_NUM_OF_RESERVED_CPU=0)",
      {"serve": {"cpu_num_of_reserved_cpu": 0}}),
     ("+ max_num_seqs 32, concurrency 32",
@@ -60,10 +61,10 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
 
 
 def merged(params: dict[str, Any], changes: dict[str, Any] | None) -> dict[str, Any]:
-    """params.yaml's serve/evaluate with the session-1 settings and then `changes` applied;
+    """params.yaml's serve/evaluate with the untuned settings and then `changes` applied;
     None = params.yaml as it is."""
     out = copy.deepcopy(params)
-    for layer in [] if changes is None else [SESSION_1, changes]:
+    for layer in [] if changes is None else [UNTUNED, changes]:
         for section, values in layer.items():
             out[section] = {**out[section], **values}
     return out

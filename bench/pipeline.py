@@ -26,9 +26,9 @@ from typing import Any
 
 import yaml
 
-from bench.common import ROOT, WORK, repeats, save, spread, timed
-from stages.train import command as train_command
-from stages.train import summarise
+from bench.common import WORK, copy_project, repeats, save, spread, timed
+from triage.training import command as train_command
+from triage.training import summarise
 
 STAGE_LINE = re.compile(r"Running stage '(\w+)'")
 
@@ -37,14 +37,7 @@ def copy_repo(dest: Path) -> Path:
     """The project's files (tracked, or new and not ignored) in a new git repo + commit."""
     if dest.exists():
         shutil.rmtree(dest)
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout.split("\0")  # fmt: skip
-    for rel in filter(None, files):
-        if (ROOT / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
+    copy_project(dest)
     subprocess.run(["git", "init", "-q", "-b", "main"], cwd=dest, check=True)
     commit(dest, "bench")
     return dest

@@ -18,7 +18,8 @@ import json
 import sys
 from pathlib import Path
 
-from stages.common import ROOT, write_json
+from triage.files import write_json
+from triage.machine import ROOT
 
 
 def generator():

@@ -11,12 +11,12 @@ from typing import Any
 import yaml
 
 from bench.common import ROOT, load
-from stages.common import write_text
+from triage.files import write_text
 
 OUT = ROOT / "BENCHMARKS.md"
 
 
-def mm(s: dict[str, Any] | None, fmt: str = "{:.2f}") -> str:
+def median_range(s: dict[str, Any] | None, fmt: str = "{:.2f}") -> str:
     """median (min-max) of a spread()."""
     if not s:
         return "-"
@@ -90,14 +90,16 @@ def serving_section(r: dict[str, Any] | None) -> list[str]:
     ):
         p = r[name]
         out.append(
-            f"| {label} | {mm(p['requests_per_s'])} | {mm(p['output_tokens_per_s'], '{:.1f}')} | "
-            f"{mm(p['wall_s'], '{:.1f}')} | {p['cold_wall_s']:.1f} | {p['startup_s']} |"
+            f"| {label} | {median_range(p['requests_per_s'])} | "
+            f"{median_range(p['output_tokens_per_s'], '{:.1f}')} | "
+            f"{median_range(p['wall_s'], '{:.1f}')} | {p['cold_wall_s']:.1f} | {p['startup_s']} |"
         )
     lf = r["llamafactory"]
     load_s = lf["wall_incl_load_s"]["median"] - lf["predict_runtime_s"]["median"]
     out += [
-        f"| LlamaFactory `do_predict` + `predict_with_generate` | {mm(lf['requests_per_s'])} | - | "
-        f"{mm(lf['predict_runtime_s'], '{:.1f}')} | (every run) | {load_s:.1f} |",
+        "| LlamaFactory `do_predict` + `predict_with_generate` | "
+        f"{median_range(lf['requests_per_s'])} | - | "
+        f"{median_range(lf['predict_runtime_s'], '{:.1f}')} | (every run) | {load_s:.1f} |",
         "",
         f"- served / LlamaFactory: **{r['served_vs_llamafactory']}x** requests/s. One whole "
         "evaluation from nothing, as the evaluate stage runs it (server start-up + cold pass, "
@@ -136,7 +138,7 @@ def pipeline_section(r: dict[str, Any] | None) -> list[str]:
     out += [
         "### (c) DVC overhead",
         "",
-        f"- `dvc repro` with nothing to do: {mm(n['wall_s'])} s (`{n['last_output']}`).",
+        f"- `dvc repro` with nothing to do: {median_range(n['wall_s'])} s (`{n['last_output']}`).",
         f"- `dvc exp run -S {e['override']}`: reran {', '.join(stage_order(e['ran']))}; skipped "
         f"{', '.join(e['skipped']) or '-'}; {e['wall_s']:.0f} s in all, of which "
         f"{e['outside_stages_s']:.1f} s outside the stages (DVC start, experiment set-up, "
@@ -156,9 +158,10 @@ def pipeline_section(r: dict[str, Any] | None) -> list[str]:
     for who, label in (("stage", "`python -m stages.train` (DVC's command)"), ("hand", "by hand")):
         x = t[who]
         out.append(
-            f"| {label} | {mm(x['samples_per_s'], '{:.3f}')} | "
-            f"{mm(x.get('tokens_per_s'), '{:.1f}')} | {mm(x['wall_s'], '{:.1f}')} | "
-            f"{mm(x['peak_rss_mb'], '{:.0f}')} |"
+            f"| {label} | {median_range(x['samples_per_s'], '{:.3f}')} | "
+            f"{median_range(x.get('tokens_per_s'), '{:.1f}')} | "
+            f"{median_range(x['wall_s'], '{:.1f}')} | "
+            f"{median_range(x['peak_rss_mb'], '{:.0f}')} |"
         )
     out += [
         "",
@@ -188,7 +191,7 @@ def eval_speed_section(r: dict[str, Any] | None) -> list[str]:
     for row in r["rows"]:
         sc = row["scores"]
         out.append(
-            f"| {row['variant']} | {mm(row['requests_per_s'])} | "
+            f"| {row['variant']} | {median_range(row['requests_per_s'])} | "
             f"{row['output_tokens_per_second']:.1f} | {row['latency_p50_s']:.2f} / "
             f"{row['latency_p95_s']:.2f} | {row['server_startup_s']:.1f} | "
             f"{sc.get('category', {}).get('accuracy', '-')} | "
@@ -235,11 +238,12 @@ def train_speed_section(r: dict[str, Any] | None) -> list[str]:
         "",
         "| | before | after | after / before |",
         "|---|---|---|---|",
-        f"| tokens/s | {mm(before['tokens_per_s'], '{:.1f}')} | "
-        f"{mm(after['tokens_per_s'], '{:.1f}')} | {r['tokens_per_s_ratio']}x |",
-        f"| tickets/s | {mm(before['tickets_per_s'], '{:.3f}')} | "
-        f"{mm(after['tickets_per_s'], '{:.3f}')} | {r['tickets_per_s_ratio']}x |",
-        f"| records/s | {mm(before['records_per_s'])} | {mm(after['records_per_s'])} | |",
+        f"| tokens/s | {median_range(before['tokens_per_s'], '{:.1f}')} | "
+        f"{median_range(after['tokens_per_s'], '{:.1f}')} | {r['tokens_per_s_ratio']}x |",
+        f"| tickets/s | {median_range(before['tickets_per_s'], '{:.3f}')} | "
+        f"{median_range(after['tickets_per_s'], '{:.3f}')} | {r['tickets_per_s_ratio']}x |",
+        f"| records/s | {median_range(before['records_per_s'])} | "
+        f"{median_range(after['records_per_s'])} | |",
         "",
         "Matrix-multiply peak of this machine (torch.matmul, best of 4 shapes): "
         + ", ".join(f"{k} {v['tflops']:.3f} TFLOP/s" for k, v in r["gemm_peak"].items())

@@ -1,8 +1,8 @@
 """Serving speed: (a) the served evaluation vs LlamaFactory's own generation, (b) served vs
 vLLM offline. Same machine, same merged model, same records, one run.
 
-- served: the evaluate stage's path: vLLM's OpenAI server (`stages.vllm_server`) and the
-  stage's client (`stages.evaluate.send_all`: concurrency, structured-output labels);
+- served: the evaluate stage's path: vLLM's OpenAI server (`triage.server`) and the
+  stage's client (`triage.client.send_all`: concurrency, structured-output labels);
 - offline: `vllm.LLM.chat` with the same engine arguments and per-request sampling
   (`bench/offline_vllm.py`, in the serving environment);
 - LlamaFactory: `llamafactory-cli train` with `do_predict` and `predict_with_generate` (its
@@ -39,9 +39,12 @@ from bench.common import (
     spread,
     timed,
 )
-from stages.common import cpu_has_bf16, load_params, serve_python, write_text
-from stages.evaluate import read_inputs, request_body, stage_budgets
-from stages.vllm_server import VLLMServer
+from triage.client import request_body, stage_budgets
+from triage.files import write_text
+from triage.machine import cpu_has_bf16, serve_python
+from triage.params import load_params
+from triage.prepared import read_inputs
+from triage.server import VLLMServer
 
 
 def served(

@@ -28,7 +28,7 @@ import yaml
 
 from bench.common import ROOT, WORK, repeats, save, spread, timed
 from bench.pipeline import copy_repo
-from stages.common import cpu_has_bf16
+from triage.machine import cpu_has_bf16
 
 BEFORE = os.environ.get("BENCH_TRAIN_BEFORE", "4ac7663")
 STEPS = int(os.environ.get("BENCH_TRAIN_STEPS", "15"))

@@ -1,1 +1,1 @@
-"""The pipeline stages: one module per DVC stage, plus the helpers they share."""
+"""The DVC stage scripts, one module per stage of dvc.yaml; their library is triage/."""

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stages.common import PipelineError, atomic_dir, load_params, run_main, write_json
+from triage.files import atomic_dir, run_main, write_json
+from triage.params import PipelineError, load_params
 
 OUT = Path("models/base")
 

@@ -7,34 +7,25 @@ first `max_samples` records of the training split (`tfidf_lora_tickets`), so tha
 model is compared like for like. `majority` always answers the most frequent training
 label. Each generation task gets an extractive answer taken from the ticket itself (its
 first line or first sentence), scored with ROUGE-1/2/L. Scores and their bootstrap
-intervals come from stages/scoring.py, as the evaluate stage's do.
+intervals come from triage/scoring.py, as the evaluate stage's do.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from stages import scoring
-from stages.common import PipelineError, load_params, run_main, write_json
+from triage import scoring
+from triage.files import run_main, write_json
+from triage.params import PipelineError, load_params
+from triage.prepared import check_tasks, read_labels, read_split
 
-PREPARED = Path("data/prepared")
 METRICS = Path("metrics/baseline.json")
 SUBJECT_LABEL = re.compile(r"^\s*subject\s*:\s*", re.IGNORECASE)  # "Subject: " of the template
 SENTENCE_END = re.compile(r"(?<=[.!?])\s")
-
-
-def read_records(name: str) -> list[dict[str, Any]]:
-    """One prepared split's records, in file order."""
-    path = PREPARED / f"{name}.jsonl"
-    if not path.is_file():
-        raise PipelineError(f"{path}: not found (run the prepare stage first)")
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def task_rows(records: list[dict[str, Any]]) -> pd.DataFrame:
@@ -102,12 +93,11 @@ def main() -> None:
             f"params.yaml baseline.summary_source: unknown value {config.get('summary_source')!r} "
             f"(expected {' or '.join(EXTRACTORS)})"
         )
-    labels_path = PREPARED / "labels.json"
-    if not labels_path.is_file():
-        raise PipelineError(f"{labels_path}: not found (run the prepare stage first)")
-    labels = json.loads(labels_path.read_text(encoding="utf-8"))  # the classification tasks
-    train_records = read_records("train")
-    train, test = task_rows(train_records), task_rows(read_records("test"))
+    labels = read_labels()  # the classification tasks
+    train_records = read_split("train")
+    train, test = task_rows(train_records), task_rows(read_split("test"))
+    # Params changed since the prepare run (by hand; DVC would have re-run it).
+    check_tasks(tasks, set(train["task"]) & set(test["task"]), labels)
     # LlamaFactory trains on the first max_samples records of the training file
     lora_ids = {r["id"] for r in train_records[: params.get("max_samples") or None]}
     lora_train = train[train["id"].isin(lora_ids)]
@@ -116,10 +106,6 @@ def main() -> None:
     rows["majority"] = {}
     for name, task in tasks.items():
         train_task, test_task = train[train["task"] == name], test[test["task"] == name]
-        # Params changed since the prepare run (by hand; DVC would have re-run it).
-        stale = (task["kind"] == "classification") != (name in labels)
-        if train_task.empty or test_task.empty or stale:
-            raise PipelineError(f"{PREPARED}: task {name} is not as in params.yaml: run prepare")
         if task["kind"] == "classification":
             rows["tfidf_all_tickets"][name] = tfidf(train_task, test_task, config)
             rows["tfidf_lora_tickets"][name] = tfidf(

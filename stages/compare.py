@@ -15,7 +15,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from stages.common import PipelineError, load_params, run_main, write_text
+from triage.files import run_main, write_text
+from triage.params import PipelineError, load_params
 
 OUT = Path("metrics/scores.md")
 BEGIN, END = "<!-- scores:begin -->", "<!-- scores:end -->"

@@ -19,7 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from stages.common import PipelineError, load_params, model_name_or_path, run_main, write_yaml
+from triage.files import run_main, write_yaml
+from triage.params import PipelineError, load_params, model_name_or_path
 
 TRAIN_OUT = Path("configs/train.yaml")
 EXPORT_OUT = Path("configs/export.yaml")

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import yaml
 
-from stages.common import PipelineError, atomic_dir, run_main
-from stages.records import training_chat_template
+from triage.files import atomic_dir, run_main
+from triage.params import PipelineError
+from triage.records import training_chat_template
 
 CONFIG = Path("configs/export.yaml")
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -23,7 +22,8 @@ from typing import NamedTuple
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+from bench.common import copy_project
+from tests.helpers import REPO, set_dotted
 
 # Stage commands call plain `python`: make it this environment's, and find the serving
 # environment by absolute path, as the Makefile does.
@@ -90,18 +90,7 @@ def make_workspace(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pa
 
     def make(name: str, params: dict[str, object] | None = None) -> Path:
         dest = tmp_path_factory.mktemp(name)
-        files = subprocess.run(
-            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split("\0")
-        for rel in filter(None, files):
-            src = REPO / rel
-            if src.is_file():
-                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dest / rel)
+        copy_project(dest)
         if params:
             set_params(dest / "params.yaml", params)
         run(["git", "init", "-q", "-b", "main"], dest)
@@ -127,13 +116,7 @@ def make_workspace(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pa
 
 def set_params(path: Path, overrides: dict[str, object]) -> None:
     """Apply dotted-key overrides (`prepare.max_tickets`) to a params.yaml file."""
-    params = yaml.safe_load(path.read_text())
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = params
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
+    params = set_dotted(yaml.safe_load(path.read_text()), overrides)
     path.write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
 
 

@@ -10,8 +10,8 @@ import httpx
 import pytest
 import yaml
 
-from stages.vllm_server import VLLMServer
 from tests.conftest import dvc, run
+from triage.server import VLLMServer
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from stages.baseline import first_line, first_sentence
-from tests.test_prepare import (
-    REPO_PARAMS,
+from tests.helpers import (
+    PARAMS,
     lay_out,
     make_params,
     make_tickets,
@@ -27,7 +27,7 @@ def baseline_params(**baseline: object) -> dict:
     """Test params: min_df 1, as toy data has few repeated n-grams; the LoRA model would
     train on the first 30 training tickets."""
     return make_params(
-        baseline=REPO_PARAMS["baseline"] | {"min_df": 1, "summary_source": "first_line"} | baseline,
+        baseline=PARAMS["baseline"] | {"min_df": 1, "summary_source": "first_line"} | baseline,
         max_samples=30,
     )
 

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 
 from bench.common import bench_records, spread
-from bench.report import goals, mm
+from bench.report import goals, median_range
 
 
 def test_spread_is_median_and_range() -> None:
     s = spread([3.0, 1.0, 2.0, 10.0])
     assert (s["median"], s["min"], s["max"]) == (2.5, 1.0, 10.0)
-    assert mm(s) == "2.50 (1.00-10.00)"
-    assert mm(spread([4.0])) == "4.00 (1 run)"
+    assert median_range(s) == "2.50 (1.00-10.00)"
+    assert median_range(spread([4.0])) == "4.00 (1 run)"
 
 
 def test_bench_records_keep_every_task_of_a_ticket(tmp_path: Path, monkeypatch) -> None:
@@ -38,7 +38,7 @@ def test_bench_records_keep_every_task_of_a_ticket(tmp_path: Path, monkeypatch) 
         (3.0, 0.85, 1.9, 1.03, ["met", "met", "met", "met"]),
     ],
 )
-def test_goals_compare_with_the_issue_targets(
+def test_goals_compare_with_their_targets(
     served_vs_lf, served_vs_offline, noop_s, stage_vs_hand, verdicts
 ) -> None:
     serving = {"served_vs_llamafactory": served_vs_lf, "served_vs_offline": served_vs_offline}

@@ -12,6 +12,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -23,21 +25,23 @@ import pytest
 import yaml
 
 from stages import evaluate
-from stages.common import PipelineError
-from stages.records import label_max_tokens
-from stages.vllm_server import VLLMServer, group_pids
 from tests.conftest import dvc
-from tests.test_vllm_server import (
+from tests.helpers import (
     LABELS,
     PARAMS,
     SERVE,
     leaked_shm,
     mini_workspace,
     owned_processes,
-    run_stage,
+    run_evaluate,
     server_pid,
+    stage_env,
     task_records,
 )
+from triage import client, records, scoring
+from triage.params import PipelineError
+from triage.records import label_max_tokens
+from triage.server import VLLMServer, group_pids
 
 # ----------------------------------------------------------------------------- requests
 
@@ -56,19 +60,19 @@ def test_user_turn_is_built_as_llamafactory_builds_the_training_prompt() -> None
         {"system": "S", "instruction": "Summarise.", "input": "", "output": "x"},
     ]:
         reference = convert(record)
-        system, user = evaluate.messages(record)
+        system, user = records.messages(record)
         assert system == {"role": "system", "content": reference["_system"]}
         assert [user] == reference["_prompt"]
 
 
 def test_request_bodies() -> None:
     category, _, summary = task_records(["Subject: Refund\n\nPlease refund order 12."])
-    body = evaluate.request_body(category, "m", LABELS, max_tokens=64)
+    body = client.request_body(category, "m", LABELS, max_tokens=64)
     assert body["structured_outputs"] == {"choice": LABELS["category"]}
     assert body["temperature"] == 0 and body["model"] == "m"
     assert body["max_tokens"] == len("technical_issue") + 1  # longest label in bytes + EOS
     assert body["messages"][1]["content"] == category["instruction"] + "\n" + category["input"]
-    body = evaluate.request_body(summary, "m", LABELS, max_tokens=64)
+    body = client.request_body(summary, "m", LABELS, max_tokens=64)
     assert "structured_outputs" not in body and body["max_tokens"] == 64
 
 
@@ -78,13 +82,13 @@ def test_each_generation_task_has_its_own_token_budget() -> None:
         "summary": {"kind": "generation"},
         "reply": {"kind": "generation", "max_tokens": 300},
     }
-    budgets = evaluate.token_budgets(tasks, 64)
+    budgets = client.token_budgets(tasks, 64)
     assert budgets == {"summary": 64, "reply": 300}
     with pytest.raises(PipelineError, match="tasks.reply.max_tokens: expected an integer >= 1"):
-        evaluate.token_budgets({"reply": {"kind": "generation", "max_tokens": 0}}, 64)
+        client.token_budgets({"reply": {"kind": "generation", "max_tokens": 0}}, 64)
     (ticket,) = task_records(["Subject: Refund\n\nPlease refund order 12."], layout="ticket")
-    one_number = evaluate.request_body(ticket, "m", LABELS, max_tokens=64)["max_tokens"]
-    per_task = evaluate.request_body(ticket, "m", LABELS, {"summary": 200})["max_tokens"]
+    one_number = client.request_body(ticket, "m", LABELS, max_tokens=64)["max_tokens"]
+    per_task = client.request_body(ticket, "m", LABELS, {"summary": 200})["max_tokens"]
     assert per_task - one_number == 200 - 64
 
 
@@ -96,19 +100,19 @@ def test_an_unset_token_budget_is_sized_from_the_training_answers() -> None:
         asked.append(name)
         return 21
 
-    assert evaluate.token_budgets(tasks, None, sized) == {"summary": 21, "reply": 9}
+    assert client.token_budgets(tasks, None, sized) == {"summary": 21, "reply": 9}
     assert asked == ["summary"]  # a task with its own budget is not sized
-    assert evaluate.token_budgets(tasks, 64, sized) == {"summary": 64, "reply": 9}
+    assert client.token_budgets(tasks, 64, sized) == {"summary": 64, "reply": 9}
     # half again the 95th percentile (numpy's linear interpolation), rounded up
-    assert evaluate.answer_budget(list(range(1, 101))) == 143  # 1.5 x 95.05
-    assert evaluate.answer_budget([10] * 19 + [100]) == 22  # 1.5 x 14.5: one outlier
-    assert evaluate.answer_budget([4] * 20) == 6
+    assert client.answer_budget(list(range(1, 101))) == 143  # 1.5 x 95.05
+    assert client.answer_budget([10] * 19 + [100]) == 22  # 1.5 x 14.5: one outlier
+    assert client.answer_budget([4] * 20) == 6
     with pytest.raises(PipelineError, match="no training answers"):
-        evaluate.answer_budget([])
+        client.answer_budget([])
 
 
 def test_sizing_without_a_tokenizer_names_the_param_to_set(tmp_path: Path) -> None:
-    sized = evaluate.sized_budgets(tmp_path / "models/base")
+    sized = client.sized_budgets(tmp_path / "models/base")
     with pytest.raises(PipelineError, match="evaluate.max_tokens is empty: .*set a number"):
         sized("summary")
 
@@ -117,7 +121,7 @@ def test_a_ticket_record_is_constrained_to_one_line_per_task() -> None:
     import re
 
     (ticket,) = task_records(["Subject: Refund\n\nPlease refund order 12."], layout="ticket")
-    body = evaluate.request_body(ticket, "m", LABELS, max_tokens=64)
+    body = client.request_body(ticket, "m", LABELS, max_tokens=64)
     pattern = re.compile(body["structured_outputs"]["regex"])
     assert pattern.fullmatch("category: refund\npriority: high\nsummary: Refund for order 12")
     assert pattern.fullmatch(ticket["output"])  # the training answer has the served shape
@@ -130,18 +134,18 @@ def test_a_ticket_record_is_constrained_to_one_line_per_task() -> None:
 
 def test_a_ticket_answer_is_split_into_tasks() -> None:
     (ticket,) = task_records(["Subject: Refund\n\nPlease refund order 12."], layout="ticket")
-    reply = evaluate.Outcome(
+    reply = client.Outcome(
         content="category: refund\npriority: high\nsummary: Refund for or",
         finish_reason="length",
         latency_s=0.5,
     )
-    rows, outcomes = evaluate.per_task([ticket], [reply])
+    rows, outcomes = scoring.per_task([ticket], [reply])
     assert [r["task"] for r in rows] == ["category", "priority", "summary"]
     assert [r["output"] for r in rows] == [ticket["answers"][n] for n in ticket["tasks"]]
     assert [o.content for o in outcomes] == ["refund", "high", "Refund for or"]
     assert [o.finish_reason for o in outcomes] == ["stop", "stop", "length"]  # only the last cut
-    cut = evaluate.Outcome(content="category: refund\npriority: hi", finish_reason="length")
-    _, outcomes = evaluate.per_task([ticket], [cut])
+    cut = client.Outcome(content="category: refund\npriority: hi", finish_reason="length")
+    _, outcomes = scoring.per_task([ticket], [cut])
     assert [o.content for o in outcomes] == ["refund", "hi", None]
     assert [o.finish_reason for o in outcomes] == ["stop", "length", "length"]
 
@@ -151,30 +155,30 @@ def test_classification_scores_follow_the_baseline_convention() -> None:
 
     gold = ["billing", "refund", "refund", "shipping"]
     pred = ["billing", "refund", "shipping", "shipping"]
-    m = evaluate.score_classification(gold, pred, LABELS["category"])
+    m = scoring.score_classification(gold, pred, LABELS["category"])
     assert m["macro_f1"] == round(f1_score(gold, pred, average="macro"), 4)  # baseline.py's way
     assert m["accuracy"] == 0.75 and m["invalid_rate"] == 0 and m["errors"] == 0
     assert set(m["classification_report"]) == {
         "billing", "refund", "shipping", "macro avg", "weighted avg",
     }  # fmt: skip
     # an invalid answer or an error is wrong, counted, and not a class of its own
-    m = evaluate.score_classification(
-        gold, ["billing", evaluate.INVALID, evaluate.ERROR, "refund"], LABELS["category"]
+    m = scoring.score_classification(
+        gold, ["billing", scoring.INVALID, scoring.ERROR, "refund"], LABELS["category"]
     )
     assert m["accuracy"] == 0.25 and m["invalid_rate"] == 0.5 and m["errors"] == 1
-    assert evaluate.INVALID not in m["classification_report"]
+    assert scoring.INVALID not in m["classification_report"]
     assert m["classification_report"]["refund"]["recall"] == 0
 
 
 def test_bad_evaluate_params_fail_in_one_line() -> None:
     cfg = dict(PARAMS["evaluate"])
-    evaluate.check_eval_params(cfg)
+    client.check_eval_params(cfg)
     with pytest.raises(PipelineError, match="evaluate.concurrency: expected an integer >= 1"):
-        evaluate.check_eval_params({**cfg, "concurrency": 0})
+        client.check_eval_params({**cfg, "concurrency": 0})
     with pytest.raises(PipelineError, match="evaluate.base_url: expected null or a URL"):
-        evaluate.check_eval_params({**cfg, "base_url": "localhost:8000"})
+        client.check_eval_params({**cfg, "base_url": "localhost:8000"})
     with pytest.raises(PipelineError, match="evaluate.serve: expected merged or adapter"):
-        evaluate.check_eval_params({**cfg, "serve": "lora"})
+        client.check_eval_params({**cfg, "serve": "lora"})
     with pytest.raises(SystemExit):  # argparse: a second model's answers need their own name
         evaluate.main(["--serve", "adapter"])
 
@@ -292,7 +296,7 @@ def test_stage_against_a_misbehaving_server(fake_server: FakeServer, tmp_path: P
         "Subject: Hmm\n\nGARBAGE in.",
     ]
     ws = mini_workspace(tmp_path, task_records(texts), overrides=fake_run_params(fake_server.url))
-    proc = run_stage(ws, timeout=600, FAKE_KEY=FakeServer.KEY)  # the slow requests time out
+    proc = run_evaluate(ws, timeout=600, FAKE_KEY=FakeServer.KEY)  # the slow requests time out
     assert proc.returncode == 0, proc.stderr
 
     # every request was built as in training and constrained where it classifies
@@ -328,8 +332,7 @@ def test_stage_against_a_misbehaving_server(fake_server: FakeServer, tmp_path: P
     rows = (ws / "metrics/confusion/category.csv").read_text().splitlines()
     assert rows[0] == "actual,predicted" and len(rows) == 7
     assert (
-        sum(evaluate.ERROR in r for r in rows) == 2
-        and sum(evaluate.INVALID in r for r in rows) == 1
+        sum(scoring.ERROR in r for r in rows) == 2 and sum(scoring.INVALID in r for r in rows) == 1
     )
     assert (ws / "metrics/confusion/category.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -338,12 +341,33 @@ def test_wrong_api_key_is_one_line(fake_server: FakeServer, tmp_path: Path) -> N
     ws = mini_workspace(
         tmp_path, task_records(["Subject: a\n\nb"]), overrides=fake_run_params(fake_server.url)
     )
-    proc = run_stage(ws, timeout=60, FAKE_KEY="wrong")
+    proc = run_evaluate(ws, timeout=60, FAKE_KEY="wrong")
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [
         f"error: evaluate.base_url {fake_server.url}: API key refused (HTTP 401); "
         "export it in $FAKE_KEY (evaluate.api_key_env)"
     ]
+
+
+def test_chat_sends_the_stage_requests(fake_server: FakeServer, tmp_path: Path) -> None:
+    """`make chat` (python -m triage.chat) against the server of runs/serve.json."""
+    ws = mini_workspace(tmp_path, task_records(["Subject: a\n\nb"], layout="ticket"))
+    (ws / "runs").mkdir()
+    info = {"url": fake_server.url, "api_key": FakeServer.KEY, "model": "fake-model"}
+    (ws / "runs" / "serve.json").write_text(json.dumps(info))
+    text = "Subject: Card charged twice\n\nPlease fix."
+    proc = subprocess.run(
+        [sys.executable, "-m", "triage.chat", text],
+        cwd=ws, env=stage_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split(":")[0] for line in proc.stdout.splitlines()] == list(PARAMS["tasks"])
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    gold = dict.fromkeys(params["tasks"], "")
+    (record,) = records.records_for_ticket(
+        "chat", text, gold, params["tasks"], LABELS, params["default_system"], "ticket"
+    )
+    assert fake_server.bodies == [client.request_body(record, "fake-model", LABELS, 64)]
 
 
 def test_server_vanishing_mid_run_stops_the_stage(tmp_path: Path) -> None:
@@ -353,7 +377,7 @@ def test_server_vanishing_mid_run_stops_the_stage(tmp_path: Path) -> None:
         tmp_path, task_records(texts), overrides=fake_run_params(server.url, retries=4)
     )
     started = time.monotonic()
-    proc = run_stage(ws, timeout=900, FAKE_KEY=FakeServer.KEY)
+    proc = run_evaluate(ws, timeout=900, FAKE_KEY=FakeServer.KEY)
     assert proc.returncode == 1
     # one refused request's retries (backoff 0.5 + 1 + 2 + 4 s), not the 115 left's (~290 s
     # at concurrency 3): a bound far from both, so a loaded machine does not decide it
@@ -369,7 +393,7 @@ def test_wedged_server_stops_the_stage(fake_server: FakeServer, tmp_path: Path) 
     texts = [f"Subject: T{i}\n\nSLOW" for i in range(20)]
     overrides = fake_run_params(fake_server.url, concurrency=2)
     ws = mini_workspace(tmp_path, task_records(texts), overrides=overrides)
-    proc = run_stage(ws, timeout=900, FAKE_KEY=FakeServer.KEY)
+    proc = run_evaluate(ws, timeout=900, FAKE_KEY=FakeServer.KEY)
     assert proc.returncode == 1
     # it gave up after 2 x concurrency + 2 unanswered requests (and those in flight), not 60
     assert len(fake_server.bodies) <= 2 * 2 + 2 + 2
@@ -422,7 +446,7 @@ def test_adversarial_tickets_still_get_labels(vllm_server, tmp_path: Path) -> No
         task_records(ADVERSARIAL, tasks=("category", "priority")),
         overrides={"evaluate.base_url": server.url, "evaluate.api_key_env": "TEST_VLLM_KEY"},
     )
-    proc = run_stage(ws, timeout=300, TEST_VLLM_KEY=server.api_key)
+    proc = run_evaluate(ws, timeout=300, TEST_VLLM_KEY=server.api_key)
     assert proc.returncode == 0, proc.stderr
     predictions = [
         json.loads(x) for x in (ws / "data/eval/predictions.jsonl").read_text().splitlines()
@@ -435,7 +459,7 @@ def test_adversarial_tickets_still_get_labels(vllm_server, tmp_path: Path) -> No
 
     # the control: the same request without the constraint is not a label
     record = task_records(ADVERSARIAL[:1], tasks=("category",))[0]
-    body = evaluate.request_body(record, server.name, LABELS, max_tokens=16)
+    body = client.request_body(record, server.name, LABELS, max_tokens=16)
     del body["structured_outputs"]
     r = httpx.post(
         server.url + "/v1/chat/completions", json=body, headers=server.headers, timeout=60
@@ -451,7 +475,11 @@ def test_chat_triages_one_ticket(vllm_server, tmp_path: Path) -> None:
     (ws / "runs").mkdir()
     info = {"url": server.url, "api_key": server.api_key, "model": server.name}
     (ws / "runs" / "serve.json").write_text(json.dumps(info))
-    proc = run_stage(ws, "--chat", timeout=120, TICKET="Subject: Card charged twice\n\nPlease fix.")
+    proc = subprocess.run(
+        [sys.executable, "-m", "triage.chat"],
+        cwd=ws, env=stage_env(TICKET="Subject: Card charged twice\n\nPlease fix."),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     answers = dict(line.split(": ", 1) for line in proc.stdout.splitlines())
     assert set(answers) == {"category", "priority", "summary"}
@@ -466,7 +494,7 @@ def test_server_crash_mid_run_fails_fast(vllm_server) -> None:
     pid = server.pid
     assert pid is not None
     records = task_records([f"Subject: T{i}\n\nWrite at length." for i in range(200)], ("summary",))
-    endpoint = evaluate.Endpoint(server.url, server.headers, server.name, server.check_alive)
+    endpoint = client.Endpoint(server.url, server.headers, server.name, server.check_alive)
     cfg = {**PARAMS["evaluate"], "concurrency": 2, "request_timeout_s": 600}
     killed: list[float] = []
 
@@ -477,7 +505,7 @@ def test_server_crash_mid_run_fails_fast(vllm_server) -> None:
     timer = threading.Timer(3, kill)
     timer.start()
     with pytest.raises(PipelineError) as err:
-        evaluate.send_all(records, {}, endpoint, cfg, {"summary": 64})
+        client.send_all(records, {}, endpoint, cfg, {"summary": 64})
     timer.join()
     assert time.monotonic() - killed[0] < 120  # not one request timeout (600 s), let alone 200
     first, *tail = str(err.value).splitlines()
@@ -531,7 +559,7 @@ def test_dvc_repro_evaluates_the_merged_model(tiny_workspace: Path, tmp_path: Pa
             assert t["rougeL_ci95"][0] <= t["rougeL"] <= t["rougeL_ci95"][1]
             assert t["errors"] == 0 and 0 <= t["truncated_rate"] <= 1
             assert params["evaluate"]["max_tokens"] is None  # sized from the training answers
-            assert t["max_tokens"] == evaluate.answer_budget(answer_lengths(ws, name))
+            assert t["max_tokens"] == client.answer_budget(answer_lengths(ws, name))
     o = m["overall"]
     assert o["requests"] == len(records) and o["errors"] == 0 and o["error_rate"] == 0
     assert 0 < o["latency_p50_s"] <= o["latency_p95_s"] <= o["latency_p99_s"]
@@ -567,7 +595,7 @@ def answer_lengths(ws: Path, task: str) -> list[int]:
 
 
 def test_parity_counts_identical_answers_per_task() -> None:
-    from stages import parity
+    from triage import parity
 
     merged = {("a", "priority"): "high", ("b", "priority"): "low", ("a", "summary"): "x y"}
     adapter = {("a", "priority"): "high", ("b", "priority"): "medium", ("a", "summary"): "x y"}

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import dvc, run
-from tests.test_prepare import make_tickets
+from tests.helpers import make_tickets
 
 TEAMS = {"billing": "north", "shipping": "south", "account": "west"}
 TOY = {
@@ -77,7 +77,7 @@ def test_the_pipeline_learns_a_keyword_task(make_workspace, base_workspace: Path
 
     # the adapter served on the base model by vLLM's LoRA support answers as the merged model
     run([sys.executable, "-m", "stages.evaluate", "--serve", "adapter", "--name", "adapter"], ws)
-    run([sys.executable, "-m", "stages.parity"], ws)
+    run([sys.executable, "-m", "triage.parity"], ws)
     parity = json.loads((ws / "metrics" / "parity.json").read_text())
     assert parity["team"]["n"] == 30 and parity["team"]["agreement"] >= 0.99, parity
     assert parity["served"]["adapter"]["adapter"] == "models/adapter"

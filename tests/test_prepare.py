@@ -7,132 +7,21 @@ Every check of bad input has its own small bad file; each must stop the stage wi
 
 from __future__ import annotations
 
-import copy
 import io
 import json
-import os
 import random
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-REPO_PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-# Small data needs bigger test and validation fractions to hold every class.
-TEST_PREPARE = {  # the tests' own defaults (the repository's may change)
-    "input": "tickets.csv",
-    "test_size": 0.2,
-    "max_chars": 400,
-    "min_per_class": 3,
-    "stratify": None,
-    "balance": None,
-}
-TEST_TOP = {"val_size": 0.1, "seed": 42}
-TASKS = {  # the tests' own instructions (the repository's may change wording)
-    "category": {
-        "kind": "classification",
-        "column": "category",
-        "labels": None,
-        "instruction": "Classify the ticket. Categories: {labels}.",
-    },
-    "priority": {
-        "kind": "classification",
-        "column": "priority",
-        "labels": ["low", "medium", "high", "urgent"],
-        "instruction": "one of {labels}",
-    },
-    "summary": {"kind": "generation", "column": "summary", "instruction": "one line"},
-}
+from tests.helpers import PARAMS, PRIORITIES, TASKS, make_params, make_tickets, prepare_in
+
 OUTPUTS = ("train.jsonl", "validation.jsonl", "test.jsonl", "dataset_info.json", "labels.json")
 SPLITS = ("train", "validation", "test")
-
-KEYWORDS = {  # each category shows in its words, so a baseline can learn it
-    "billing": ["invoice", "double charge", "declined payment", "missing receipt"],
-    "shipping": ["parcel", "late delivery", "tracking number", "courier"],
-    "account": ["password reset", "login error", "two-factor code", "locked account"],
-}
-PRIORITIES = ("low", "medium", "high", "urgent")
-
-
-def make_tickets(
-    sizes: dict[str, int] | None = None, long_rows: tuple[int, ...] = (2, 5), seed: int = 0
-) -> pd.DataFrame:
-    """Synthetic raw tickets in the default export's shape; rows in `long_rows` are overlong.
-
-    Ids are T0001, T0002, ... in row order, so a data row number and its id go together.
-    """
-    sizes = sizes or {"billing": 30, "shipping": 20, "account": 10}
-    rng = random.Random(seed)
-    categories = [c for c, size in sizes.items() for _ in range(size)]
-    rng.shuffle(categories)
-    rows = []
-    for n, category in enumerate(categories, start=1):
-        topic = rng.choice(KEYWORDS[category])
-        body = f"Hello, ticket {n} here: I have a {topic} problem since {rng.randint(1, 28)} May."
-        if n in long_rows:
-            body += " More details follow." * 40
-        rows.append(
-            {
-                "id": f"T{n:04d}",
-                "subject": f"{topic} problem",
-                "body": body,
-                "category": category,
-                "priority": PRIORITIES[n % len(PRIORITIES)],
-                "summary": f"Customer reports a {topic} problem",
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def make_params(prepare: dict[str, Any] | None = None, **top: Any) -> dict[str, Any]:
-    """The repository's params.yaml with the test defaults, then the given overrides."""
-    params = copy.deepcopy(REPO_PARAMS) | TEST_TOP | {"tasks": copy.deepcopy(TASKS)}
-    params["prepare"] = params["prepare"] | TEST_PREPARE | (prepare or {})
-    return params | top
-
-
-def lay_out(
-    folder: Path, data: pd.DataFrame | bytes | None, params: dict[str, Any] | None = None
-) -> Path:
-    """A workspace: params.yaml and the input file in the format its name says.
-
-    `data` bytes are written as they are; None writes no input file.
-    """
-    params = params or make_params()
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    path = folder / params["prepare"]["input"]
-    if isinstance(data, bytes):
-        path.write_bytes(data)
-    elif data is None:
-        pass
-    elif path.suffix == ".jsonl":
-        path.write_text(data.to_json(orient="records", lines=True, force_ascii=False), "utf-8")
-    elif path.suffix == ".parquet":
-        data.to_parquet(path, index=False)
-    else:
-        data.to_csv(path, index=False)
-    return folder
-
-
-def run_stage(folder: Path, module: str = "stages.prepare") -> subprocess.CompletedProcess[str]:
-    """Run a stage as DVC does: from the workspace folder, the repository on PYTHONPATH."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", module]
-    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
-
-
-def prepare_in(
-    folder: Path, data: pd.DataFrame | bytes | None, params: dict[str, Any] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return run_stage(lay_out(folder, data, params))
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -372,7 +261,7 @@ def test_a_ticket_record_answers_every_task_one_line_each(prepared: Path) -> Non
     folder = prepared / "data" / "prepared"
     record = read_jsonl(folder / "train.jsonl")[0]
     raw = make_tickets().set_index("id").loc[record["id"]]
-    assert record["system"] == REPO_PARAMS["default_system"]
+    assert record["system"] == PARAMS["default_system"]
     assert record["instruction"] == (
         "category: Classify the ticket. Categories: account, billing, shipping.\n"
         "priority: one of low, medium, high, urgent\n"

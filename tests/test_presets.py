@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.presets import override, overrides
 from tests.conftest import REPO
+from triage.presets import override, overrides
 
 PRESETS = sorted(p.stem for p in (REPO / "configs" / "presets").glob("*.yaml"))
 

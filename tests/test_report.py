@@ -20,9 +20,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages import report, study
-from stages.report import Run, diagnose
 from tests.conftest import REPO, Experiment, dvc, run, set_params
+from triage import report, study
+from triage.params import PipelineError
+from triage.report import Run, diagnose
 
 # ------------------------------------------------------------------ diagnosis (fast)
 
@@ -157,7 +158,7 @@ def test_runs_are_the_workspace_and_finished_experiments() -> None:
     assert runs[1].metrics == {"metrics/train.json": {"train_loss": 1.0}}
     assert report.differing_params(runs) == {"a": [1, 2], "t.k": [None, [1]]}
     assert [r.name for r in report.collect_runs(SHOWN, ["ccc"])] == ["workspace", "x"]
-    with pytest.raises(report.ReportError, match=r"no finished experiment 'q'.*known: x"):
+    with pytest.raises(PipelineError, match=r"no finished experiment 'q'.*known: x"):
         report.collect_runs(SHOWN, ["q"])
 
 
@@ -241,7 +242,7 @@ def test_study_can_be_sized_down() -> None:
         for r in (8, 16)
     ]  # fmt: skip
     out = run(
-        [sys.executable, "-m", "stages.study", "rank", "--values", "8", "16", "--dry",
+        [sys.executable, "-m", "triage.study", "rank", "--values", "8", "16", "--dry",
          "-j", "2", "-S", "max_samples=40"],
         REPO,
     ).stdout  # fmt: skip
@@ -349,7 +350,7 @@ def test_pr_report_has_params_metrics_and_changed_plots(pr_workspace: Path) -> N
     if shutil.which("make"):
         run(["make", "pr-report", "BASE=main"], ws)
     else:
-        run([sys.executable, "-m", "stages.report", "--pr", "main"], ws)
+        run([sys.executable, "-m", "triage.report", "--pr", "main"], ws)
     text = (ws / "reports" / "pr.md").read_text()
     assert text.startswith(report.PR_MARKER)
     params = text.split("### Params")[1].split("###")[0]
@@ -386,7 +387,7 @@ def test_pr_report_needs_no_training_stack(pr_workspace: Path, tmp_path) -> None
         "    def find_spec(self, name, path=None, target=None):\n"
         f"        if name.partition('.')[0] in {blocked!r}: raise ImportError(name)\n"
         "sys.meta_path.insert(0, Blocked())\n"
-        f"from stages import report; sys.exit(report.main({args!r}))"
+        f"from triage import report; sys.exit(report.main({args!r}))"
     )
     run([sys.executable, "-c", code], pr_workspace, env={"PYTHONPATH": str(REPO)})
     text = (tmp_path / "pr.md").read_text()
@@ -413,7 +414,7 @@ def test_stale_means_changed_inputs_not_missing_outputs(tmp_path: Path, monkeypa
 
 def test_pr_report_without_changes_says_so(pr_workspace: Path, tmp_path: Path) -> None:
     out = tmp_path / "pr.md"
-    run([sys.executable, "-m", "stages.report", "--pr", "HEAD", "--out", str(out)], pr_workspace)
+    run([sys.executable, "-m", "triage.report", "--pr", "HEAD", "--out", str(out)], pr_workspace)
     text = out.read_text()
     assert "No params changed." in text and "No metrics changed." in text
     assert "No plot changed." in text
@@ -477,7 +478,7 @@ def test_report_compares_the_experiments(
     tiny_workspace: Path, tiny_experiments: dict[str, Experiment], tmp_path: Path
 ) -> None:
     out = tmp_path / "report.md"
-    run([sys.executable, "-m", "stages.report", "--out", str(out)], tiny_workspace)
+    run([sys.executable, "-m", "triage.report", "--out", str(out)], tiny_workspace)
     text = out.read_text()
     for name, exp in tiny_experiments.items():
         assert f"`{name}` ({exp.rev[:7]})" in text
@@ -503,7 +504,7 @@ def test_report_compares_the_experiments(
         assert f"| {name} |" in diagnosis
     # one experiment only
     run(
-        [sys.executable, "-m", "stages.report", "--exp", "rank-16", "--out", str(out)],
+        [sys.executable, "-m", "triage.report", "--exp", "rank-16", "--out", str(out)],
         tiny_workspace,
     )
     assert "`rank-16`" in out.read_text() and "`target-qv`" not in out.read_text()

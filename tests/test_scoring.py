@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from stages import scoring
+from triage import scoring
 
 LABELS = ["low", "medium", "high", "urgent"]
 

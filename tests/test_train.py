@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import records, train
 from tests.conftest import REPO, Experiment, run, set_params
+from triage import records, training
 
 
 def load_yaml(path: Path) -> dict:
@@ -71,9 +71,9 @@ def test_explicit_alpha_and_list_target(configured) -> None:
 
 
 def test_launch_on_cpu_adds_use_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(train, "gpu_count", lambda: 0)
-    monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
-    cmd, env = train.command({"output_dir": "runs/train", "bf16": True}, {"nproc_per_node": 1})
+    monkeypatch.setattr(training, "gpu_count", lambda: 0)
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
+    cmd, env = training.command({"output_dir": "runs/train", "bf16": True}, {"nproc_per_node": 1})
     assert cmd[:3] == ["llamafactory-cli", "train", "configs/train.yaml"]
     assert "use_cpu=true" in cmd and "bf16=false" in cmd and "report_to=tensorboard" in cmd
     assert "FORCE_TORCHRUN" not in env
@@ -81,9 +81,9 @@ def test_launch_on_cpu_adds_use_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_launch_on_several_gpus_uses_llamafactory_torchrun(monkeypatch) -> None:
-    monkeypatch.setattr(train, "gpu_count", lambda: 8)
+    monkeypatch.setattr(training, "gpu_count", lambda: 8)
     monkeypatch.delenv("FORCE_TORCHRUN", raising=False)
-    cmd, env = train.command({"output_dir": "runs/train", "bf16": True}, {"nproc_per_node": 8})
+    cmd, env = training.command({"output_dir": "runs/train", "bf16": True}, {"nproc_per_node": 8})
     assert cmd == ["llamafactory-cli", "train", "configs/train.yaml", "report_to=tensorboard"]
     assert env["FORCE_TORCHRUN"] == "1" and env["NPROC_PER_NODE"] == "8"
 
@@ -262,7 +262,7 @@ def test_llamafactory_never_outlives_the_train_stage(tmp_path: Path, signum: int
     write_pid = f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))"
     child = f"import os, time; {write_pid}; time.sleep(600)"
     stage = (
-        "import os, sys; from stages.train import run_child; "
+        "import os, sys; from triage.training import run_child; "
         f"sys.exit(run_child([sys.executable, '-c', {child!r}], dict(os.environ)))"
     )
     proc = subprocess.Popen([sys.executable, "-c", stage], cwd=REPO, start_new_session=True)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from stages.common import PipelineError, run_main
+from triage.files import run_main
+from triage.params import PipelineError
 
 PRESETS = Path("configs/presets")
 

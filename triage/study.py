@@ -1,13 +1,13 @@
 """The tuning guide's three studies (part 4) as queued DVC experiments: `make exp-rank`.
 
-    python -m stages.study rank      # lora_rank 16 32 64 128 (lora_alpha null: 2 x rank)
-    python -m stages.study lr        # learning_rate 1e-4 2e-4 5e-4
-    python -m stages.study target    # lora_target q_proj,v_proj | q_proj,k_proj,v_proj,o_proj | all
+    python -m triage.study rank      # lora_rank 16 32 64 128 (lora_alpha null: 2 x rank)
+    python -m triage.study lr        # learning_rate 1e-4 2e-4 5e-4
+    python -m triage.study target    # lora_target q_proj,v_proj | q_proj,k_proj,v_proj,o_proj | all
 
     # sized down for a quick CPU run: other values, extra overrides, two workers
-    python -m stages.study rank --values 8 16 --jobs 2 -S max_samples=40 -S prepare.max_tickets=200
+    python -m triage.study rank --values 8 16 --jobs 2 -S max_samples=40 -S prepare.max_tickets=200
     # train and merge only, no served evaluation
-    python -m stages.study lr --targets merge
+    python -m triage.study lr --targets merge
 
 Each value becomes one queued experiment, `dvc exp run --queue -n <study>-<value> -S ...`, so
 the runs are recorded, compared and applied like any other experiment. Then the queue is
@@ -30,8 +30,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from stages.common import PipelineError, run_main
-from stages.presets import override
+from triage.dvc_cli import dvc
+from triage.files import run_main
+from triage.params import PipelineError
+from triage.presets import override
 
 
 @dataclass(frozen=True)
@@ -113,13 +115,6 @@ def study_rows(table: str, names: Iterable[str]) -> str:
         if not is_exp or (match and match.group(1) in names):
             kept.append(line)
     return "\n".join(kept)
-
-
-def dvc(*args: str) -> str:
-    proc = subprocess.run(["dvc", *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise PipelineError(f"dvc {' '.join(args)} failed:\n{proc.stderr.strip()}")
-    return proc.stdout
 
 
 def start_queue(jobs: int) -> None:

@@ -23,8 +23,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from stages.common import PipelineError, load_params, run_main, write_json
-from stages.scoring import r4
+from triage.files import run_main, write_json
+from triage.params import PipelineError, load_params
+from triage.scoring import round4
 
 MERGED = Path("data/eval/predictions.jsonl")
 ADAPTER = Path("data/eval/predictions_adapter.jsonl")
@@ -58,7 +59,7 @@ def agreement(
                 {"id": ticket, "merged": answer, "adapter": adapter[(ticket, task)]}
             )
     return {
-        task: {"n": t["n"], "agreement": r4(t["same"] / t["n"]), "differing": t["differing"]}
+        task: {"n": t["n"], "agreement": round4(t["same"] / t["n"]), "differing": t["differing"]}
         for task, t in tasks.items()
     }
 

@@ -7,17 +7,15 @@ server's process group (the API process leads it; EngineCore and workers are in 
 live member, and no process carries the owner marker the server's environment gets
 (`TICKET_VLLM_OWNER`), which children inherit even if they left the group.
 
-The helpers here (mini workspaces, process scans, the stage as a subprocess) are shared with
-tests/test_evaluate.py.
+The helpers shared with tests/test_evaluate.py (mini workspaces, process scans, the stage as
+a subprocess) are in tests/helpers.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import queue
-import re
 import signal
 import socket
 import subprocess
@@ -25,73 +23,24 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-from stages.common import PipelineError
-from stages.records import records_for_ticket
-from stages.vllm_server import OWNER_ENV, VLLMServer, group_pids
-
-REPO = Path(__file__).resolve().parent.parent
-PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
-# Label sets of the synthetic test records (category's are a subset of the real ones).
-LABELS = {"category": ["billing", "refund", "shipping", "technical_issue"]}
-LABELS["priority"] = [str(x) for x in PARAMS["tasks"]["priority"]["labels"]]
-# Small server for the tiny model; the rest as in params.yaml.
-# A start-up limit that only a hang reaches: vLLM starts in ~30 s alone, several minutes on
-# a machine that another job (another vLLM, a training run) keeps busy.
-STARTUP_S = 1800
-SERVE = {
-    **PARAMS["serve"],
-    "max_model_len": 1024,
-    "max_num_seqs": 8,
-    "startup_timeout_s": STARTUP_S,
-}
-
+from tests.helpers import (
+    REPO,
+    SERVE,
+    leaked_shm,
+    mini_workspace,
+    owned_processes,
+    run_evaluate,
+    server_pid,
+    stage_env,
+    task_records,
+)
+from triage.params import PipelineError
+from triage.server import OWNER_ENV, VLLMServer, group_pids
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def owned_processes(owner: int | None = None, under: Path | None = None) -> list[int]:
-    """Live processes whose environment carries the server marker, optionally only those
-    started by `owner` (pid) or running in a folder `under` (their working directory)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            stat = (entry / "stat").read_text()
-            cwd = os.readlink(entry / "cwd")
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-        if stat[stat.rindex(")") + 2] in "ZX":  # a zombie runs nothing
-            continue
-        marker = [e.split(b"=", 1)[1] for e in environ if e.startswith(OWNER_ENV.encode() + b"=")]
-        if not marker or (owner is not None and int(marker[0]) != owner):
-            continue
-        if under is not None and not Path(cwd).is_relative_to(under):
-            continue
-        found.append(int(entry.name))
-    return found
-
-
-def leaked_shm(since: float) -> list[str]:
-    """Shared memory (Python multiprocessing's psm_* and sem.mp-* files) created since `since`
-    that no process maps any more: what a vLLM killed the wrong way leaves in /dev/shm (RAM;
-    hundreds of MB each time, seen here)."""
-    mapped = set()
-    for maps in Path("/proc").glob("[0-9]*/maps"):
-        with contextlib.suppress(OSError):
-            mapped.update(re.findall(r"/dev/shm/(\S+)", maps.read_text()))
-    leaked = []
-    for f in Path("/dev/shm").glob("*"):
-        with contextlib.suppress(OSError):
-            if f.name.startswith(("psm_", "sem.mp-")) and f.stat().st_mtime >= since:
-                leaked.append(f.name)
-    return sorted(set(leaked) - mapped)
 
 
 def command(pid: int) -> str:
@@ -100,83 +49,6 @@ def command(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
     except OSError:
         return ""
-
-
-def task_records(
-    texts: list[str],
-    tasks: tuple[str, ...] = ("category", "priority", "summary"),
-    layout: str = "task",
-) -> list[dict[str, Any]]:
-    """Prepared test records (as stages/prepare.py writes them) for the given ticket texts.
-
-    The gold category and priority cycle through the label sets; the gold summary is the
-    ticket's first line.
-    """
-    records = []
-    for i, text in enumerate(texts):
-        gold = {
-            "category": LABELS["category"][i % len(LABELS["category"])],
-            "priority": LABELS["priority"][i % len(LABELS["priority"])],
-            "summary": text.splitlines()[0],
-        }
-        answers = {name: gold[name] for name in tasks}
-        records += records_for_ticket(
-            f"T{i:04d}", text, answers, PARAMS["tasks"], LABELS, PARAMS["default_system"], layout
-        )
-    return records
-
-
-def set_dotted(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = params
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    return params
-
-
-def mini_workspace(
-    root: Path,
-    records: list[dict[str, Any]],
-    model: Path | None = None,
-    overrides: dict[str, Any] | None = None,
-    baseline: dict[str, Any] | None = None,
-) -> Path:
-    """A folder the evaluate stage runs in: params.yaml, data/prepared, metrics/baseline.json
-    and models/merged (a link to `model`), without running the pipeline. Answers are capped at
-    64 tokens unless `overrides` say otherwise (sizing them is tested on its own)."""
-    overrides = {"evaluate.max_tokens": 64, **(overrides or {})}
-    params = set_dotted(yaml.safe_load((REPO / "params.yaml").read_text()), overrides)
-    tasks = {name for r in records for name in r["tasks"]}
-    params["tasks"] = {k: v for k, v in params["tasks"].items() if k in tasks}
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    prepared = root / "data" / "prepared"
-    prepared.mkdir(parents=True)
-    (prepared / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    labels = {k: v for k, v in LABELS.items() if k in tasks}
-    (prepared / "labels.json").write_text(json.dumps(labels))
-    (root / "metrics").mkdir()
-    (root / "metrics" / "baseline.json").write_text(json.dumps(baseline or {}))
-    if model is not None:
-        (root / "models").mkdir()
-        (root / "models" / "merged").symlink_to(model)
-    return root
-
-
-def stage_env(**extra: str) -> dict[str, str]:
-    """The environment DVC would give the stage: this repository's code, both venvs."""
-    return {**os.environ, "PYTHONPATH": str(REPO), **extra}
-
-
-def run_stage(
-    ws: Path, *args: str, timeout: float = 600, **env: str
-) -> subprocess.CompletedProcess:
-    """`python -m stages.evaluate` in a workspace, to completion."""
-    return subprocess.run(
-        [sys.executable, "-m", "stages.evaluate", *args],
-        cwd=ws, env=stage_env(**env), capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
 
 
 def default_signal_dispositions() -> None:
@@ -241,12 +113,6 @@ def error_lines(stderr: str) -> list[str]:
     lines = stderr.replace("\r", "\n").splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("error: "))
     return lines[start:]
-
-
-def server_pid(stdout: str) -> int:
-    """The API server's pid (= its process group) from the stage's "vLLM ready" line."""
-    line = next(x for x in stdout.splitlines() if "vLLM ready" in x)
-    return int(line.split("(pid ")[1].split(")")[0])
 
 
 def fake_model(folder: Path) -> Path:
@@ -338,17 +204,17 @@ def test_an_adapter_is_served_on_the_base_model_under_the_served_name(tmp_path: 
 
 
 def test_bf16_is_served_as_float32_where_the_cpu_only_emulates_it(monkeypatch) -> None:
-    from stages import vllm_server
+    from triage import server
 
-    monkeypatch.setattr(vllm_server.shutil, "which", lambda name: None)  # no GPU
-    monkeypatch.setattr(vllm_server, "cpu_has_bf16", lambda: False)
-    assert vllm_server.serving_dtype("bfloat16") == "float32"
-    assert vllm_server.serving_dtype("float16") == "float16"
-    monkeypatch.setattr(vllm_server, "cpu_has_bf16", lambda: True)
-    assert vllm_server.serving_dtype("bfloat16") == "bfloat16"
-    monkeypatch.setattr(vllm_server.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
-    monkeypatch.setattr(vllm_server, "cpu_has_bf16", lambda: False)
-    assert vllm_server.serving_dtype("bfloat16") == "bfloat16"  # a GPU computes bf16
+    monkeypatch.setattr(server.shutil, "which", lambda name: None)  # no GPU
+    monkeypatch.setattr(server, "cpu_has_bf16", lambda: False)
+    assert server.serving_dtype("bfloat16") == "float32"
+    assert server.serving_dtype("float16") == "float16"
+    monkeypatch.setattr(server, "cpu_has_bf16", lambda: True)
+    assert server.serving_dtype("bfloat16") == "bfloat16"
+    monkeypatch.setattr(server.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    monkeypatch.setattr(server, "cpu_has_bf16", lambda: False)
+    assert server.serving_dtype("bfloat16") == "bfloat16"  # a GPU computes bf16
 
 
 @pytest.mark.parametrize(
@@ -382,7 +248,8 @@ def test_owner_killed_outright_leaves_no_server(tmp_path: Path) -> None:
     model, log = fake_model(tmp_path / "m"), tmp_path / "log"
     script = (
         f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
-        "from tests.test_vllm_server import SERVE, StubbornServer\n"
+        "from tests.helpers import SERVE\n"
+        "from tests.test_server import StubbornServer\n"
         f"params = {{**SERVE, 'startup_timeout_s': 600, 'shutdown_timeout_s': 1}}\n"
         f"StubbornServer({str(model)!r}, params, {str(log)!r}).start()\n"
     )
@@ -397,7 +264,7 @@ def test_owner_killed_outright_leaves_no_server(tmp_path: Path) -> None:
 
 def test_missing_model_is_one_line_and_spawns_nothing(tmp_path: Path) -> None:
     ws = mini_workspace(tmp_path, task_records(["Subject: a\n\nb"]))  # no models/merged
-    proc = run_stage(ws, timeout=120)
+    proc = run_evaluate(ws, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [
         "error: models/merged: no model to serve (no config.json there)"
@@ -416,7 +283,7 @@ def test_port_taken_by_another_listener_is_one_line(tmp_path: Path) -> None:
             model=fake_model(tmp_path / "model"),
             overrides={"serve.port": port},
         )
-        proc = run_stage(ws, timeout=120)
+        proc = run_evaluate(ws, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [
         f"error: serve.port {port}: 127.0.0.1:{port} is already in use by another listener "

@@ -1,17 +1,17 @@
 """The vLLM server lifecycle: start an OpenAI-compatible server, wait until healthy, always stop it.
 
-The server runs from the serving environment (see `common.serve_python`) in a process group
-of its own, bound to 127.0.0.1 on a port chosen at run time (or `serve.port`), with a random
-API key. vLLM spawns more processes (`VLLM::EngineCore`, `VLLM::Worker`, a multiprocessing
-resource tracker); they all stay in that group, and the group is stopped as a whole (SIGTERM,
-then SIGKILL after `serve.shutdown_timeout_s`, or 2 s for a server still starting, which
-ignores SIGTERM; see `stop_group`) when the `with` block ends for any reason:
-success, exception, Ctrl-C, or SIGTERM/SIGHUP (turned into `Terminated` here so that the
-cleanup runs). `stop()` returns only once no process of the group is left. If this Python
-process is killed outright (SIGKILL, OOM killer), a watchdog stops the group: a tiny process
-in a session of its own that holds a pipe from this one and sees it close. (The kernel's
-PR_SET_PDEATHSIG is not enough: it signals the API process only, which ignores SIGTERM
-while its engine starts, measured here.)
+The server runs from the serving environment (see `triage.machine.serve_python`) in a
+process group of its own, bound to 127.0.0.1 on a port chosen at run time (or `serve.port`),
+with a random API key. vLLM spawns more processes (`VLLM::EngineCore`, `VLLM::Worker`, a
+multiprocessing resource tracker); they all stay in that group, and the group is stopped as
+a whole (SIGTERM, then SIGKILL after `serve.shutdown_timeout_s`, or 2 s for a server still
+starting, which ignores SIGTERM; see `stop_group`) when the `with` block ends for any
+reason: success, exception, Ctrl-C, or SIGTERM/SIGHUP (turned into `Terminated`,
+triage/signals.py, so that the cleanup runs). `stop()` returns only once no process of the
+group is left. If this Python process is killed outright (SIGKILL, OOM killer), a watchdog
+stops the group: a tiny process in a session of its own that holds a pipe from this one and
+sees it close. (The kernel's PR_SET_PDEATHSIG is not enough: it signals the API process
+only, which ignores SIGTERM while its engine starts, measured here.)
 
 Every error is one line (what went wrong, which params key to look at, where the log is)
 followed by the tail of the server log.
@@ -21,7 +21,7 @@ Usage:
         httpx.post(server.url + "/v1/chat/completions", headers=server.headers, ...)
         server.check_alive()   # PipelineError with the log tail if the server died
 
-`python -m stages.vllm_server [MODEL] [--port N]` (`make serve`) serves a model interactively.
+`python -m triage.server [MODEL] [--port N]` (`make serve`) serves a model interactively.
 """
 
 from __future__ import annotations
@@ -40,34 +40,25 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
 
-from stages.common import (
-    ROOT,
+from triage.files import write_text
+from triage.machine import ROOT, cpu_has_bf16, serve_python
+from triage.params import (
     PipelineError,
-    cpu_has_bf16,
     load_params,
+    model_name_or_path,
     param_integer,
     param_positive,
-    serve_python,
-    write_text,
 )
+from triage.records import training_chat_template
+from triage.signals import Terminated, raise_terminated
 
 # set in the server's environment: the pid of the process that started it
 OWNER_ENV = "TICKET_VLLM_OWNER"
 SERVE_INFO = Path("runs/serve.json")  # url + key of `make serve`, read by `make chat`
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP arrived while a server was running (a KeyboardInterrupt, so that
-    `except Exception` blocks do not swallow it and every `finally` runs)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"signal {signal.Signals(signum).name}")
-        self.signum = signum
 
 
 # The watchdog (run by the pipeline's Python in a session of its own, so that neither a
@@ -78,13 +69,9 @@ _WATCHDOG = """
 import sys
 sys.path.insert(0, sys.argv[3])
 if not sys.stdin.buffer.read(1):
-    from stages.vllm_server import stop_group
+    from triage.server import stop_group
     stop_group(int(sys.argv[1]), float(sys.argv[2]))
 """
-
-
-def raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise Terminated(signum)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -213,6 +200,21 @@ def lora_rank_of(adapter: Path) -> int:
     if not fitting:
         raise PipelineError(f"{config}: rank {rank} is above vLLM's largest ({LORA_RANKS[-1]})")
     return fitting[0]
+
+
+def model_folder(folder: Path) -> Path:
+    """The folder vLLM loads for `folder`: itself, or, for a base model the base_model stage
+    only points at (a local Hugging Face folder: `source.json`, no weights), that folder."""
+    if (folder / "config.json").is_file() or not (folder / "source.json").is_file():
+        return folder
+    return Path(model_name_or_path(folder))
+
+
+def write_chat_template(path: Path, model: str | Path, params: dict[str, Any]) -> None:
+    """Write to `path` LlamaFactory's training template (params.yaml `template` and
+    `default_system`) rendered for `model`'s tokenizer: vLLM's `--chat-template` when it
+    serves an adapter on the base model, whose own template may not be the trained one."""
+    write_text(path, training_chat_template(model, params["template"], params["default_system"]))
 
 
 class VLLMServer:
@@ -495,12 +497,8 @@ def serve_forever(model: str, port: int | None, log_path: str, adapter: str | No
         params["port"] = port
     template = None
     if adapter is not None:  # served on the base model, with the template it was trained with
-        from stages.records import training_chat_template
-
         template = Path(log_path).with_name("serve_chat_template.jinja")
-        template.parent.mkdir(parents=True, exist_ok=True)
-        jinja = training_chat_template(model, all_params["template"], all_params["default_system"])
-        write_text(template, jinja)
+        write_chat_template(template, model, all_params)
     what = f"{adapter} on {model}" if adapter else model
     print(f"starting vLLM on {what} (log: {log_path}) ...", flush=True)
     with VLLMServer(model, params, log_path, adapter, template) as srv:

@@ -1,9 +1,9 @@
 """Compare experiments in one markdown report (`make report`), or review a pull request
 (`make pr-report BASE=main`).
 
-    python -m stages.report                        # the workspace and every experiment of HEAD
-    python -m stages.report --exp rank-16 rank-64  # the workspace and these experiments
-    python -m stages.report --pr main              # reports/pr.md: params, metrics, plots vs main
+    python -m triage.report                        # the workspace and every experiment of HEAD
+    python -m triage.report --exp rank-16 rank-64  # the workspace and these experiments
+    python -m triage.report --pr main              # reports/pr.md: params, metrics, plots vs main
 
 The comparison (`reports/report.md`, images beside it) reads what DVC recorded, nothing else:
 params and metrics from `dvc exp show --json`, and each run's committed files (the loss curve
@@ -23,7 +23,7 @@ the committed metrics stale, and the report says so first), `dvc params diff`,
 `dvc metrics diff` (the headline scores only: per-class reports are in files DVC does not
 diff) and `dvc plots diff --json`, and pairs the committed per-ticket predictions of both
 commits (`data/eval/predictions.jsonl`) to mark each headline change as beyond noise or not
-(a paired bootstrap, `stages/scoring.py`).
+(a paired bootstrap, `triage/scoring.py`).
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from triage.dvc_cli import dvc
+from triage.params import PipelineError
+
 if TYPE_CHECKING:  # pandas and matplotlib are imported where used: `--pr` runs without them
     import pandas as pd
 
@@ -52,10 +55,6 @@ TRAINER_STATE = "models/adapter/trainer_state.json"  # DVC-cached: grad_norm per
 CONFUSION_DIR = "metrics/confusion"
 PREDICTIONS = "data/eval/predictions.jsonl"  # committed: paired across commits by ticket
 PR_MARKER = "<!-- dvc-pr-report -->"  # lets a CI job find and update its own comment
-
-
-class ReportError(Exception):
-    """Something the user can fix (an unknown experiment, DVC failing): one line, exit 1."""
 
 
 # =============================================================================== diagnosis
@@ -260,17 +259,6 @@ Curves with fewer than {MIN_POINTS} logged losses are not judged."""
 # ================================================================================ the runs
 
 
-def dvc(*args: str) -> str:
-    """Run the `dvc` of PATH (the Makefile puts the pipeline environment first)."""
-    try:
-        proc = subprocess.run(["dvc", *args], capture_output=True, text=True)
-    except FileNotFoundError as e:
-        raise ReportError("dvc not found on PATH: `make setup`, or `pip install dvc`") from e
-    if proc.returncode != 0:
-        raise ReportError(f"dvc {' '.join(args)} failed: {proc.stderr.strip()[-2000:]}")
-    return proc.stdout
-
-
 @dataclass
 class Run:
     """The workspace or one experiment, as DVC recorded it."""
@@ -351,7 +339,7 @@ def collect_runs(shown: list[dict[str, Any]], chosen: list[str] | None = None) -
         match = [r for r in experiments if want in (r.name, r.rev) or r.rev.startswith(want)]
         if not match:
             known = ", ".join(r.name for r in experiments) or "none"
-            raise ReportError(f"no finished experiment {want!r} on this commit (known: {known})")
+            raise PipelineError(f"no finished experiment {want!r} on this commit (known: {known})")
         picked.append(match[0])
     return runs + picked
 
@@ -426,9 +414,8 @@ def read_confusions(run: Run) -> dict[str, pd.DataFrame]:
     import pandas as pd
 
     found = {}
-    paths = run.listdir(CONFUSION_DIR) + run.listdir("metrics")
-    for path in paths:
-        m = re.fullmatch(rf"(?:{CONFUSION_DIR}/|metrics/confusion_)(\w+)\.csv", path)
+    for path in run.listdir(CONFUSION_DIR):
+        m = re.fullmatch(rf"{CONFUSION_DIR}/(\w+)\.csv", path)
         text = run.read(path) if m else None
         if text:
             rows = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
@@ -563,7 +550,7 @@ def render_report(runs: list[Run], out_dir: Path) -> str:
     curves = {r.name: c for r in runs if (c := read_curve(r)) is not None}
     parts = ["# Experiment report", ""]
     parts.append(
-        "Made by `python -m stages.report` (`make report`) from what DVC recorded; "
+        "Made by `python -m triage.report` (`make report`) from what DVC recorded; "
         "`dvc exp show` has every number. Runs: "
         + ", ".join(f"`{r.name}`" + (f" ({r.rev[:7]})" if r.rev else "") for r in runs)
         + "."
@@ -708,7 +695,7 @@ def plots_section(base: str) -> str:
     """The plots whose data differ between base and the workspace, each summarised."""
     try:
         shown = json.loads(dvc("plots", "diff", base, "--json"))
-    except (ReportError, json.JSONDecodeError) as e:
+    except (PipelineError, json.JSONDecodeError) as e:
         return f"`dvc plots diff {base}` failed: {str(e)[:500]}"
     parts = []
     unchanged = []
@@ -758,7 +745,7 @@ def read_predictions(text: str | None) -> dict[tuple[str, str], tuple[str, str]]
 def noise_section(base: str) -> str:
     """Each headline change between `base`'s committed predictions and the workspace's, on the
     test tickets both answered with the same gold answer, with a paired-bootstrap interval."""
-    from stages.scoring import paired_deltas  # numpy and rouge-score: the CI job installs both
+    from triage.scoring import paired_deltas  # numpy and rouge-score: the CI job installs both
 
     before = read_predictions(Run("base", base, {}, {}).read(PREDICTIONS))
     after = read_predictions(Run("head", None, {}, {}).read(PREDICTIONS))
@@ -874,7 +861,7 @@ def main(argv: list[str] | None = None) -> int:
             out = args.out or REPORTS / "report.md"
             runs = collect_runs(json.loads(dvc("exp", "show", "--json")), args.exp)
             text = render_report(runs, out.parent)
-    except ReportError as e:
+    except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,334 @@
+"""The evaluate stage's client of an OpenAI-compatible server: request bodies, budgets, sending.
+
+`send_all` sends every record to `/v1/chat/completions` with at most `evaluate.concurrency`
+requests in flight (asyncio + httpx); connection errors, 429 and 5xx are retried with
+exponential backoff (`evaluate.retries`); a request that times out
+(`evaluate.request_timeout_s`) or still fails becomes an `Outcome` with an error, never a
+hang, and a server that stops answering raises `ServerGone`. The evaluate stage, `make chat`
+(triage/chat.py) and the benchmarks build their requests with `request_body`, so all three
+send what the stage sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from triage.params import PipelineError, param_integer, param_positive
+from triage.prepared import PREPARED, read_split
+from triage.records import constraint, messages
+
+BACKOFF_S, BACKOFF_MAX_S = 0.5, 10.0  # first retry delay, doubling up to this
+
+
+class ServerGone(Exception):
+    """The server stopped answering: connections refused after every retry, or many
+    requests in a row without an answer (a wedged server would otherwise cost one
+    request timeout per request)."""
+
+
+def check_eval_params(cfg: Any) -> dict[str, Any]:
+    """The `evaluate:` section, checked before a server is started."""
+    if not isinstance(cfg, dict):
+        raise PipelineError("params.yaml: missing section evaluate")
+
+    for key, minimum in (("concurrency", 1), ("retries", 0)):
+        param_integer(cfg.get(key), f"evaluate.{key}", minimum)
+    if cfg.get("max_tokens") is not None:  # null: sized from the training answers
+        param_integer(cfg["max_tokens"], "evaluate.max_tokens", 1)
+    param_positive(cfg.get("request_timeout_s"), "evaluate.request_timeout_s")
+    url = cfg.get("base_url")
+    if url is not None and (
+        not isinstance(url, str) or not url.startswith(("http://", "https://"))
+    ):
+        raise PipelineError(f"params.yaml evaluate.base_url: expected null or a URL, got {url!r}")
+    if cfg.get("serve", "merged") not in ("merged", "adapter"):
+        raise PipelineError(
+            f"params.yaml evaluate.serve: expected merged or adapter, got {cfg['serve']!r}"
+        )
+    if url and not isinstance(cfg.get("api_key_env"), str):
+        raise PipelineError(
+            "params.yaml evaluate.api_key_env: expected an environment variable name"
+        )
+    return cfg
+
+
+# ----------------------------------------------------------------------------- requests
+
+
+def token_budgets(
+    tasks: dict[str, Any], default: int | None, sized: Callable[[str], int] | None = None
+) -> dict[str, int]:
+    """max_tokens per generation task: its own `max_tokens` in params.yaml `tasks` (a reply
+    needs more than a one-line summary), else evaluate.max_tokens, else (both null) `sized`,
+    the budget the training answers of that task call for (answer_budget)."""
+    budgets = {}
+    for name, task in tasks.items():
+        if task["kind"] == "generation":
+            value = task.get("max_tokens")
+            if value is not None:
+                param_integer(value, f"tasks.{name}.max_tokens", 1)
+            elif default is not None:
+                value = default
+            elif sized is not None:
+                value = sized(name)
+            else:
+                raise PipelineError(f"params.yaml tasks.{name}.max_tokens: not set")
+            budgets[name] = int(value)
+    return budgets
+
+
+def answer_budget(lengths: list[int]) -> int:
+    """A generation task's answer cap from its training answers' lengths in tokens: half
+    again their 95th percentile, so a trained model's ordinary answers end by themselves
+    (`truncated_rate` in the metrics says when they do not) and a runaway one stops soon."""
+    import numpy as np
+
+    if not lengths:
+        raise PipelineError(f"{PREPARED / 'train.jsonl'}: no training answers to size max_tokens")
+    return max(1, math.ceil(1.5 * float(np.percentile(lengths, 95))))
+
+
+def stage_budgets(params: dict[str, Any], served: Path) -> dict[str, int]:
+    """The max_tokens of each generation task as the stage sends them (served: the folder of
+    the served model, whose tokenizer counts the training answers when the params size none)."""
+    cfg = params.get("evaluate") or {}
+    return token_budgets(params["tasks"], cfg.get("max_tokens"), sized_budgets(served))
+
+
+def sized_budgets(tokenizer_folder: Path) -> Callable[[str], int]:
+    """answer_budget of a task, its training answers counted by the served model's tokenizer
+    (loaded only if a task needs it)."""
+
+    def sized(name: str) -> int:
+        from transformers import AutoTokenizer
+
+        if not (tokenizer_folder / "tokenizer_config.json").is_file():
+            raise PipelineError(
+                f"params.yaml evaluate.max_tokens is empty: sizing tasks.{name}'s answers needs "
+                f"the model's tokenizer in {tokenizer_folder} (not found); set a number"
+            )
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder))
+        answers = [
+            str(r["answers"][name]) for r in read_split("train") if name in r.get("answers", {})
+        ]
+        lengths = [len(tokenizer.encode(a, add_special_tokens=False)) for a in answers]
+        return answer_budget(lengths)
+
+    return sized
+
+
+def request_body(
+    record: dict[str, Any],
+    model: str,
+    labels: dict[str, list[str]],
+    max_tokens: int | dict[str, int],
+) -> dict[str, Any]:
+    """One chat-completions request, its answer constrained to the record's shape
+    (triage/records.py: label sets for classification, one line per task)."""
+    structured, budget = constraint(record["tasks"], labels, max_tokens)
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": messages(record),
+        "temperature": 0.0,
+        "max_tokens": budget,
+    }
+    if structured is not None:
+        body["structured_outputs"] = structured
+    return body
+
+
+@dataclass
+class Outcome:
+    """What came back for one request."""
+
+    content: str | None = None
+    finish_reason: str | None = None
+    output_tokens: int = 0
+    latency_s: float | None = None  # whole request, retries included
+    error: str | None = None
+    attempts: int = 0
+    unanswered: bool = False  # timed out or failed in transport after every retry
+
+
+@dataclass
+class Endpoint:
+    url: str
+    headers: dict[str, str]
+    model: str
+    check: Callable[[], None] | None = None  # raises if the server died (own server only)
+
+
+async def post_chat(
+    client: httpx.AsyncClient, body: dict[str, Any], cfg: dict[str, Any]
+) -> Outcome:
+    """POST one request with retries; errors become an Outcome, except a vanished server."""
+    timeout_s, retries = float(cfg["request_timeout_s"]), int(cfg["retries"])
+    started = time.monotonic()
+    last_error, refused = "", False
+    for attempt in range(retries + 1):
+        if attempt:
+            delay = min(BACKOFF_S * 2 ** (attempt - 1), BACKOFF_MAX_S)
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+        try:
+            async with asyncio.timeout(timeout_s):
+                r = await client.post("/v1/chat/completions", json=body)
+        except (TimeoutError, httpx.TimeoutException):
+            return Outcome(
+                latency_s=time.monotonic() - started,
+                error=f"timeout after {timeout_s:g} s (evaluate.request_timeout_s)",
+                attempts=attempt + 1,
+                unanswered=True,
+            )
+        except httpx.TransportError as e:  # refused, reset, disconnected: transient
+            last_error = f"{type(e).__name__}: {e}".rstrip(": ")
+            refused = isinstance(e, httpx.ConnectError)
+            continue
+        refused = False
+        if r.status_code == 429 or r.status_code >= 500:
+            last_error = f"HTTP {r.status_code}: {r.text[:200]}"
+            continue
+        elapsed = time.monotonic() - started
+        if r.status_code != 200:  # a request the server rejects will not improve with retries
+            return Outcome(
+                latency_s=elapsed,
+                error=f"HTTP {r.status_code}: {r.text[:300]}",
+                attempts=attempt + 1,
+            )
+        try:
+            data = r.json()
+            choice = data["choices"][0]
+            content = choice["message"]["content"] or ""
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            return Outcome(latency_s=elapsed, error=f"bad response: {e!r}", attempts=attempt + 1)
+        usage = data.get("usage") or {}
+        return Outcome(
+            content=content,
+            finish_reason=choice.get("finish_reason"),
+            output_tokens=int(usage.get("completion_tokens") or 0),
+            latency_s=elapsed,
+            attempts=attempt + 1,
+        )
+    if refused:
+        raise ServerGone(last_error)
+    return Outcome(
+        latency_s=time.monotonic() - started,
+        error=f"{last_error} (after {retries} retries)",
+        attempts=retries + 1,
+        unanswered=last_error.startswith(("ConnectError", "RemoteProtocolError", "ReadError")),
+    )
+
+
+async def _send_all(
+    bodies: list[dict[str, Any]], endpoint: Endpoint, cfg: dict[str, Any]
+) -> list[Outcome]:
+    from tqdm import tqdm
+
+    concurrency = int(cfg["concurrency"])
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # asyncio.timeout in post_chat is the authority; httpx's own only as a backstop
+    timeout = httpx.Timeout(float(cfg["request_timeout_s"]) + 5, connect=10)
+    slots = asyncio.Semaphore(concurrency)
+    outcomes: list[Outcome] = [Outcome() for _ in bodies]
+    give_up_after = 2 * concurrency + 2  # unanswered requests in a row (no answer between)
+    streak = [0]
+
+    async def one(i: int) -> None:
+        async with slots:
+            outcomes[i] = outcome = await post_chat(client, bodies[i], cfg)
+        streak[0] = streak[0] + 1 if outcome.unanswered else 0
+        if streak[0] >= give_up_after:
+            raise ServerGone(
+                f"{streak[0]} requests in a row got no answer, the last: {outcome.error}"
+            )
+
+    async def watch(check: Callable[[], None]) -> None:
+        while True:
+            check()  # raises PipelineError (with the server log tail) once the server is dead
+            await asyncio.sleep(0.5)
+
+    async with httpx.AsyncClient(
+        base_url=endpoint.url, headers=endpoint.headers, timeout=timeout, limits=limits
+    ) as client:
+        requests = {asyncio.create_task(one(i)) for i in range(len(bodies))}
+        pending = set(requests)
+        if endpoint.check is not None:
+            pending.add(asyncio.create_task(watch(endpoint.check)))
+        bar = tqdm(total=len(bodies), desc="evaluate", unit="req", file=sys.stderr, mininterval=1)
+        try:
+            while pending & requests:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # re-raises ServerGone, or the watcher's PipelineError
+                    bar.update(1)
+        finally:
+            bar.close()
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+    return outcomes
+
+
+def send_all(
+    records: list[dict[str, Any]],
+    labels: dict[str, list[str]],
+    endpoint: Endpoint,
+    cfg: dict[str, Any],
+    budgets: dict[str, int],
+) -> tuple[list[Outcome], float]:
+    """Send every record; returns the outcomes (in record order) and the wall time.
+    `budgets`: max_tokens per generation task (stage_budgets)."""
+    bodies = [request_body(r, endpoint.model, labels, budgets) for r in records]
+    started = time.monotonic()
+    outcomes = asyncio.run(_send_all(bodies, endpoint, cfg))
+    return outcomes, time.monotonic() - started
+
+
+def remote_model(url: str, headers: dict[str, str], preferred: str | None, key_env: str) -> str:
+    """The model name to request from a running server (evaluate.base_url)."""
+    try:
+        r = httpx.get(url + "/v1/models", headers=headers, timeout=30)
+    except httpx.HTTPError as e:
+        raise PipelineError(f"evaluate.base_url {url}: not reachable ({type(e).__name__})") from e
+    if r.status_code in (401, 403):
+        raise PipelineError(
+            f"evaluate.base_url {url}: API key refused (HTTP {r.status_code}); "
+            f"export it in ${key_env} (evaluate.api_key_env)"
+        )
+    try:
+        names = [m["id"] for m in r.json()["data"]] if r.status_code == 200 else []
+    except (ValueError, KeyError, TypeError):
+        names = []
+    if not names:
+        raise PipelineError(f"evaluate.base_url {url}: /v1/models answered HTTP {r.status_code}")
+    if preferred in names:
+        return preferred
+    if len(names) == 1:
+        return names[0]
+    raise PipelineError(
+        f"evaluate.base_url {url} serves {', '.join(names)}: set serve.served_model_name to one"
+    )
+
+
+def remote_endpoint(cfg: dict[str, Any], preferred: str | None, key_env: str) -> Endpoint:
+    """The running server at `evaluate.base_url`: its URL, the API key from the variable that
+    `evaluate.api_key_env` names (none if unset), and the model to request (`remote_model`)."""
+    url = normalise_url(cfg["base_url"])
+    key = os.environ.get(cfg.get("api_key_env") or "", "")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return Endpoint(url, headers, remote_model(url, headers, preferred, key_env))
+
+
+def normalise_url(url: str) -> str:
+    url = url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url

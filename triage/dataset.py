@@ -1,0 +1,556 @@
+"""The prepare stage's machinery: raw tickets -> checked tickets -> split -> records.
+
+stages/prepare.py reads top to bottom; the work is here: reading CSV, JSONL or Parquet with
+every cell as text (`read_input`), checking every row and turning it into a ticket
+(`build_tickets`: one line naming file, row, id and column for each problem; duplicates),
+splitting tickets, not records (`split_tickets`: stratified and seeded, every prefix of
+the training split stratified or label-balanced, for LlamaFactory's `max_samples`),
+refusing leakage across splits and counting near-duplicates, fixing each classification
+task's label set (`label_sets`), and the records themselves (`make_records`, in the format
+of triage/records.py). `check_params` checks the `prepare` and `tasks` sections up front.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import io
+import json
+import re
+import string
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from triage.params import PipelineError, param_integer
+from triage.records import LAYOUTS, records_for_ticket
+
+SPLITS = ("train", "validation", "test")
+KINDS = ("classification", "generation")
+DUPLICATES = ("error", "drop")  # prepare.duplicates: what a second copy of a ticket does
+NOT_WORD = re.compile(r"[\W\d_]+")  # near-duplicate key: letters only, digits and punctuation out
+# How LlamaFactory maps our record fields onto an alpaca example (the extra "id" and "task"
+# fields are ignored by LlamaFactory and read by the evaluate stage).
+ALPACA_COLUMNS = {
+    "prompt": "instruction",
+    "query": "input",
+    "response": "output",
+    "system": "system",
+}
+
+
+# ----------------------------------------------------------------------------- params
+
+
+def fraction(value: Any, name: str, allow_zero: bool = False) -> float:
+    """A params fraction in (0, 1), or [0, 1) where zero means "none"."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not (0 <= value < 1) or (value == 0 and not allow_zero):
+        raise PipelineError(
+            f"params.yaml {name}: expected a fraction between 0 and 1, got {value!r}"
+        )
+    return float(value)
+
+
+def check_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Check the `prepare` and `tasks` sections up front, so a typo fails in a second.
+
+    Returns the prepare section (with `text_template` filled in) and the tasks.
+    """
+    prep = params.get("prepare")
+    if not isinstance(prep, dict):
+        raise PipelineError("params.yaml: missing section prepare")
+    for key in ("input", "text_columns"):
+        if not prep.get(key):
+            raise PipelineError(f"params.yaml prepare.{key}: missing")
+    if prep.get("id_column") is not None and not isinstance(prep["id_column"], str):
+        raise PipelineError("params.yaml prepare.id_column: expected a column name or null")
+    if prep.get("duplicates", "error") not in DUPLICATES:
+        raise PipelineError(
+            f"params.yaml prepare.duplicates: unknown policy {prep.get('duplicates')!r} "
+            f"(expected {' or '.join(DUPLICATES)})"
+        )
+    columns = prep["text_columns"]
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        raise PipelineError("params.yaml prepare.text_columns: expected a list of column names")
+    if prep.get("max_samples") is not None:
+        raise PipelineError("params.yaml prepare.max_samples: renamed to prepare.max_tickets")
+
+    template = prep.get("text_template") or "\n\n".join(f"{{{c}}}" for c in columns)
+    try:
+        fields = [
+            field for _, field, _, _ in string.Formatter().parse(template) if field is not None
+        ]
+    except ValueError as e:  # unbalanced braces
+        raise PipelineError(
+            f"params.yaml prepare.text_template: {e} (write {{{{ for a brace)"
+        ) from e
+    for field in fields:
+        if field not in columns:
+            raise PipelineError(
+                f"params.yaml prepare.text_template: unknown placeholder {{{field}}} "
+                f"(placeholders are the text_columns: {', '.join(columns)})"
+            )
+
+    tasks = params.get("tasks")
+    if not isinstance(tasks, dict) or not tasks:
+        raise PipelineError("params.yaml tasks: expected a mapping of task name -> task")
+    for name, task in tasks.items():
+        where = f"params.yaml tasks.{name}"
+        if not isinstance(task, dict):
+            raise PipelineError(f"{where}: expected a mapping with kind, column and instruction")
+        if task.get("kind") not in KINDS:
+            raise PipelineError(
+                f"{where}.kind: unknown kind {task.get('kind')!r} (expected {' or '.join(KINDS)})"
+            )
+        for key in ("column", "instruction"):
+            if not isinstance(task.get(key), str) or not task[key].strip():
+                raise PipelineError(f"{where}.{key}: missing")
+        labels = task.get("labels")
+        if task["kind"] == "generation" and (
+            labels is not None or "{labels}" in task["instruction"]
+        ):
+            raise PipelineError(f"{where}: a generation task has no labels")
+        if labels is not None:
+            # YAML reads yes/no/on/off as booleans: they must be quoted to be labels.
+            if (
+                not isinstance(labels, list)
+                or not labels
+                or any(isinstance(v, bool) or not isinstance(v, str | int) for v in labels)
+            ):
+                raise PipelineError(
+                    f"{where}.labels: expected null or a list of labels (quote yes/no)"
+                )
+            if len(set(map(str, labels))) != len(labels):
+                raise PipelineError(f"{where}.labels: a label is listed twice")
+
+    for key in ("stratify", "balance"):  # params that name a classification task
+        name = prep.get(key)
+        if name is not None and (tasks.get(name) or {}).get("kind") != "classification":
+            raise PipelineError(
+                f"params.yaml prepare.{key}: {name!r} is not a classification task of tasks"
+            )
+    if prep.get("records", "ticket") not in LAYOUTS:
+        raise PipelineError(
+            f"params.yaml prepare.records: unknown layout {prep.get('records')!r} "
+            f"(expected {' or '.join(LAYOUTS)})"
+        )
+    fraction(prep.get("test_size"), "prepare.test_size")
+    fraction(params.get("val_size", 0), "val_size", allow_zero=True)
+    if prep["test_size"] + params.get("val_size", 0) >= 1:
+        raise PipelineError("params.yaml prepare.test_size + val_size: nothing left to train on")
+    param_integer(prep.get("max_chars"), "prepare.max_chars", 1)
+    param_integer(prep.get("min_per_class"), "prepare.min_per_class", 2)  # stratifying needs 2
+    param_integer(params.get("seed"), "seed", 0)
+    if prep.get("max_tickets") is not None:
+        param_integer(prep["max_tickets"], "prepare.max_tickets", 1)
+    return {**prep, "text_template": template}, tasks
+
+
+def stop_if(problems: list[str]) -> None:
+    """Raise the first problem as one line, saying how many more there are."""
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise PipelineError(problems[0] + more)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def as_text(value: Any) -> str:
+    """A cell as a string: missing -> '', so every format reads like the CSV does."""
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+        return ""
+    return value if isinstance(value, str) else str(value)
+
+
+def decode_utf8(path: Path) -> str:
+    """The file as text; a bad byte is reported by line, which is how an editor finds it."""
+    data = path.read_bytes()
+    if data.startswith(codecs.BOM_UTF8):  # spreadsheet exports often start with one
+        data = data[len(codecs.BOM_UTF8) :]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise PipelineError(
+            f"{path}: line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x}); "
+            "re-export the file as UTF-8"
+        ) from e
+
+
+def read_input(path: Path) -> pd.DataFrame:
+    """Read the raw tickets by extension, every cell as a string (ids like 007 stay 007)."""
+    if not path.is_file():
+        raise PipelineError(f"{path}: input file not found (params.yaml prepare.input)")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise PipelineError(f"{path}: not a readable Parquet file ({reason})") from e
+    elif suffix == ".csv":
+        try:
+            frame = pd.read_csv(io.StringIO(decode_utf8(path)), dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            reason = str(e).strip().splitlines()[0]
+            raise PipelineError(f"{path}: not a readable CSV file ({reason})") from e
+    elif suffix == ".jsonl":
+        rows = []
+        # split("\n"), not splitlines(): JSON strings may hold U+2028 and friends raw.
+        for number, line in enumerate(decode_utf8(path).split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PipelineError(f"{path}: line {number}: not valid JSON ({e.msg})") from e
+            if not isinstance(row, dict):
+                kind = type(row).__name__
+                raise PipelineError(f"{path}: line {number}: expected a JSON object, got {kind}")
+            rows.append(row)
+        frame = pd.DataFrame(rows)
+    else:
+        raise PipelineError(
+            f"{path}: unknown input format {suffix or '(no extension)'!r} "
+            "(expected .csv, .jsonl or .parquet)"
+        )
+    frame.columns = [str(c) for c in frame.columns]
+    return frame.map(as_text).reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- checking
+
+
+def where(path: Path, row: int, ticket_id: str, columns: str | list[str]) -> str:
+    """The place of a problem, as every message starts: file, data row (1-based), id, column."""
+    columns = [columns] if isinstance(columns, str) else columns
+    named = ", ".join(f"'{c}'" for c in columns)
+    ident = f" (id {ticket_id})" if ticket_id else ""
+    return f"{path}: row {row}{ident}, column{'s' if len(columns) > 1 else ''} {named}"
+
+
+def build_tickets(
+    frame: pd.DataFrame, path: Path, prep: dict[str, Any], tasks: dict[str, dict[str, Any]]
+) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Check every row and turn it into a ticket: (tickets, answers, duplicates dropped),
+    tickets and answers aligned by index.
+
+    tickets has row (1-based), id (`prepare.id_column`, or made from the text), text
+    (rendered, truncated), key (whitespace- and case-normalised full text, to find the same
+    ticket twice), near_key (letters only: the same ticket with other numbers or
+    punctuation) and truncated; answers has one column per task. A second ticket with the
+    id or text of an earlier one is an error, or with `prepare.duplicates: drop` left out.
+    """
+    if frame.empty:
+        raise PipelineError(f"{path}: no tickets")
+    id_column, text_columns = prep.get("id_column"), prep["text_columns"]
+    needed = {c: "prepare.text_columns" for c in text_columns}
+    if id_column is not None:
+        needed = {id_column: "prepare.id_column"} | needed
+    needed |= {task["column"]: f"tasks.{name}.column" for name, task in tasks.items()}
+    missing = [c for c in needed if c not in frame.columns]
+    stop_if(
+        [
+            f"{path}: column '{c}' not found (params.yaml {needed[c]}); "
+            f"available columns: {', '.join(frame.columns)}"
+            for c in missing
+        ]
+    )
+
+    drop = prep.get("duplicates", "error") == "drop"
+    problems: list[str] = []
+    first_row_of: dict[str, int] = {}  # id -> row, and normalised text -> row
+    tickets, answers, dropped = [], [], 0
+    for row, record in enumerate(frame.to_dict("records"), start=1):
+        parts = {c: record[c].strip() for c in text_columns}
+        text = prep["text_template"].format_map(parts).strip()
+        key = " ".join(text.split()).casefold()
+        # no id column: an id from the text itself, the same however the export is sorted
+        ticket_id = record[id_column].strip() if id_column else text_id(key)
+        first = first_row_of.get(ticket_id) or first_row_of.get("\0" + key)
+        if first is not None and drop:  # a second copy (same id or same text): keep the first
+            dropped += 1
+            continue
+        if not ticket_id:
+            problems.append(f"{where(path, row, '', id_column)}: empty id")
+        elif ticket_id in first_row_of:
+            column = f"column '{id_column}'" if id_column else "the ticket text (no id column)"
+            problems.append(
+                f"{path}: rows {first_row_of[ticket_id]} and {row}, {column}: "
+                f"duplicate id {ticket_id} (prepare.duplicates: drop keeps the first)"
+            )
+        else:
+            first_row_of[ticket_id] = row
+        first_row_of.setdefault("\0" + key, row)
+        if not any(parts.values()):
+            problems.append(f"{where(path, row, ticket_id, text_columns)}: empty ticket text")
+        answer = {}
+        for name, task in tasks.items():
+            value = record[task["column"]].strip()
+            labels = task.get("labels")
+            if not value:
+                what = "label" if task["kind"] == "classification" else "target text"
+                problems.append(
+                    f"{where(path, row, ticket_id, task['column'])}: empty {what} for task {name}"
+                )
+            elif labels is not None and value not in map(str, labels):
+                problems.append(
+                    f"{where(path, row, ticket_id, task['column'])}: label {value!r} "
+                    f"of task {name} is not one of {', '.join(map(str, labels))} "
+                    f"(params.yaml tasks.{name}.labels)"
+                )
+            answer[name] = value
+        tickets.append(
+            {
+                "row": row,
+                "id": ticket_id,
+                "text": text[: prep["max_chars"]],
+                "key": key,
+                "near_key": NOT_WORD.sub(" ", key).strip(),
+                "truncated": len(text) > prep["max_chars"],
+            }
+        )
+        answers.append(answer)
+    stop_if(problems)
+    return pd.DataFrame(tickets), pd.DataFrame(answers, columns=list(tasks)), dropped
+
+
+def text_id(key: str) -> str:
+    """A ticket id made from its normalised text (prepare.id_column: null)."""
+    return "T" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def check_class_sizes(
+    labels: pd.Series, tickets: pd.DataFrame, path: Path, column: str, minimum: int
+) -> None:
+    """Every class of the stratifying task needs enough tickets to appear in every split."""
+    counts = labels.value_counts()
+    stop_if(
+        [
+            f"{path}: rows {', '.join(map(str, tickets.loc[labels == label, 'row']))}, "
+            f"column '{column}': "
+            f"class {label!r} of task {labels.name} has {count} ticket{'s' if count > 1 else ''}, "
+            f"fewer than prepare.min_per_class = {minimum}"
+            for label, count in sorted(counts[counts < minimum].items())
+        ]
+    )
+
+
+# ----------------------------------------------------------------------------- splitting
+
+
+def split_tickets(
+    strata: pd.Series | None,
+    n: int,
+    prep: dict[str, Any],
+    val_size: float,
+    seed: int,
+    balance: pd.Series | None = None,
+) -> pd.Series:
+    """The split of each ticket kept (by index), in the order the records will be written.
+
+    Stratified (if there is a classification task) and seeded; val_size is a fraction of
+    all tickets, so it is rescaled for the second cut, from what the test cut left. Tickets
+    left out by max_tickets are dropped. Within a split the order is a seeded shuffle, not the
+    input's: LlamaFactory's `max_samples` keeps the *first* N records of a dataset, and that
+    should be a sample of every class even if the export is sorted by category (the training
+    split is in `stratified_order`, then in `balanced_order` of the `balance` labels).
+    """
+    from sklearn.model_selection import train_test_split  # imported here: errors above come fast
+
+    def cut(index: pd.Index, size: float | int, what: str) -> tuple[pd.Index, pd.Index]:
+        stratify = None if strata is None else strata.loc[index]
+        try:
+            return train_test_split(index, test_size=size, stratify=stratify, random_state=seed)
+        except ValueError as e:  # e.g. fewer test tickets than classes
+            task = f" stratified on task {strata.name}" if strata is not None else ""
+            raise PipelineError(f"cannot cut {what} from {len(index)} tickets{task}: {e}") from e
+
+    index = pd.RangeIndex(n)
+    max_tickets = prep.get("max_tickets")
+    if max_tickets is not None and max_tickets < n:
+        index, _ = cut(index, n - max_tickets, f"a sample of prepare.max_tickets = {max_tickets}")
+    rest, test = cut(index, prep["test_size"], f"prepare.test_size = {prep['test_size']}")
+    train, validation = rest, rest[:0]
+    if val_size > 0:
+        train, validation = cut(rest, val_size / (1 - prep["test_size"]), f"val_size = {val_size}")
+    if strata is not None:
+        train = stratified_order(strata.loc[train], seed)
+    if balance is not None:
+        train = balanced_order(balance.loc[train], seed)
+    members = zip(SPLITS, (train, validation, test), strict=True)
+    return pd.concat([pd.Series(name, index=ids, dtype=str) for name, ids in members])
+
+
+def stratified_order(strata: pd.Series, seed: int) -> pd.Index:
+    """The tickets in an order whose every prefix is a stratified sample.
+
+    LlamaFactory's `max_samples` trains on the first N records: with this order those hold
+    each class in its share of the split (a rare class is not left out by chance). Each
+    ticket gets the position (k + u) / n_class for the k-th ticket of its class in a seeded
+    shuffle, u uniform in [0, 1); sorting by position interleaves the classes evenly.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    shuffled = strata.sample(frac=1, random_state=seed)
+    rank = shuffled.groupby(shuffled, sort=False).cumcount()
+    size = shuffled.map(shuffled.value_counts())
+    position = (rank + rng.random(len(shuffled))) / size
+    return position.sort_values(kind="stable").index
+
+
+def balanced_order(labels: pd.Series, seed: int) -> pd.Index:
+    """The tickets (in the order given) reordered so that every prefix holds each label
+    equally often, as long as the label has tickets left (`prepare.balance`).
+
+    With `max_samples` this trains on a label-balanced sample: a rare label (an urgent
+    ticket) is seen as often as a common one, so the model does not learn to answer the
+    common label whenever it is unsure, which is what costs macro-F1. The k-th ticket of
+    each label gets position k + u, u uniform in [0, 1); within a label the given order
+    (stratified on the first classification task) is kept.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rank = labels.groupby(labels, sort=False).cumcount()
+    return (rank + rng.random(len(labels))).sort_values(kind="stable").index
+
+
+def check_leakage(tickets: pd.DataFrame, path: Path, text_columns: list[str]) -> None:
+    """The same ticket text on two sides of the split would score memorisation as skill."""
+    problems = []
+    for _, group in tickets.sort_values("row").groupby("key", sort=False):
+        crossing = group[group["split"] != group["split"].iloc[0]]
+        if len(crossing):
+            a, b = group.iloc[0], crossing.iloc[0]
+            problems.append(
+                f"{path}: rows {a.row} (id {a.id}, {a.split}) and {b.row} (id {b.id}, {b.split}), "
+                f"columns {', '.join(repr(c) for c in text_columns)}: the same ticket text is in "
+                "two splits (leakage); remove the duplicate tickets"
+            )
+    stop_if(problems)  # groups come in order of their first row
+
+
+def near_duplicates(tickets: pd.DataFrame) -> dict[str, int]:
+    """Validation and test tickets whose text, without case, digits and punctuation, is also
+    a training ticket's: a score on them measures recall of a template, not generalisation.
+    Counted, not refused (real queues repeat themselves); `metrics/data.json` shows it."""
+    seen = set(tickets.loc[tickets["split"] == "train", "near_key"])
+    in_train = tickets["near_key"].isin(seen)
+    return {
+        f"{split}_in_train": int(in_train[tickets["split"] == split].sum())
+        for split in ("validation", "test")
+    }
+
+
+def targets_seen_in_train(
+    tickets: pd.DataFrame, answers: pd.DataFrame, tasks: dict[str, dict[str, Any]]
+) -> dict[str, int]:
+    """Per generation task, test tickets whose target text (case and spacing aside) is also a
+    training ticket's target: on those a high ROUGE can be recall of a seen answer."""
+    counts = {}
+    for name, task in tasks.items():
+        if task["kind"] != "generation":
+            continue
+        target = answers[name].map(lambda text: " ".join(str(text).split()).casefold())
+        seen = set(target[tickets["split"] == "train"])
+        counts[name] = int(target[tickets["split"] == "test"].isin(seen).sum())
+    return counts
+
+
+def label_sets(
+    tickets: pd.DataFrame, answers: pd.DataFrame, tasks: dict[str, dict[str, Any]], path: Path
+) -> dict[str, list[str]]:
+    """Each classification task's labels: as declared, or those of the training split, sorted.
+
+    An inferred set is what the model is taught, so a label seen only in validation or
+    test could never be answered: that is an error asking to declare the set.
+    """
+    sets, problems = {}, []
+    train = tickets["split"] == "train"
+    for name, task in tasks.items():
+        if task["kind"] != "classification":
+            continue
+        if task.get("labels") is not None:
+            sets[name] = [str(v) for v in task["labels"]]
+            continue
+        sets[name] = sorted(answers.loc[train, name].unique())
+        for i in sorted(answers.index[~answers[name].isin(sets[name])]):
+            t = tickets.loc[i]
+            problems.append(
+                f"{where(path, t.row, t.id, task['column'])}: label {answers.at[i, name]!r} "
+                f"of task {name} ({t.split} split) is not in the training split, "
+                "so it can not be learnt; "
+                f"list the labels in params.yaml tasks.{name}.labels"
+            )
+    stop_if(problems)
+    return sets
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def make_records(
+    tickets: pd.DataFrame,
+    answers: pd.DataFrame,
+    tasks: dict[str, dict[str, Any]],
+    labels: dict[str, list[str]],
+    system: str,
+    layout: str,
+) -> dict[str, list[dict[str, Any]]]:
+    """The records of every ticket (triage/records.py), by split, in ticket order."""
+    records: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    for t in tickets.itertuples():
+        gold = {name: str(answers.at[t.Index, name]) for name in tasks}
+        records[t.split] += records_for_ticket(t.id, t.text, gold, tasks, labels, system, layout)
+    return records
+
+
+def data_metrics(
+    frame: pd.DataFrame,
+    tickets: pd.DataFrame,
+    answers: pd.DataFrame,
+    records: dict[str, list[dict[str, Any]]],
+    labels: dict[str, list[str]],
+) -> dict[str, Any]:
+    """What `dvc metrics diff` should show when the data or the split changes."""
+    per_split = tickets["split"].value_counts()
+    return {
+        "input_rows": len(frame),
+        "tickets": {s: int(per_split.get(s, 0)) for s in SPLITS} | {"total": len(tickets)},
+        "records": {s: len(records[s]) for s in SPLITS}
+        | {"total": sum(map(len, records.values()))},
+        "truncated_texts": int(tickets["truncated"].sum()),
+        "label_sets": labels,
+        "label_counts": {  # every label of the set, zeros included, so the keys stay stable
+            name: {
+                s: answers.loc[tickets["split"] == s, name]
+                .value_counts()
+                .reindex(labels[name], fill_value=0)
+                .astype(int)
+                .to_dict()
+                for s in SPLITS
+            }
+            for name in labels
+        },
+    }
+
+
+def to_jsonl(records: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+def dataset_info() -> dict[str, Any]:
+    """LlamaFactory's dataset_info.json: one alpaca dataset per split, `tickets_<split>`."""
+    return {
+        f"tickets_{s}": {
+            "file_name": f"{s}.jsonl",
+            "formatting": "alpaca",
+            "columns": ALPACA_COLUMNS,
+        }
+        for s in SPLITS
+    }

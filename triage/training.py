@@ -1,0 +1,154 @@
+"""The train stage's helpers: LlamaFactory's command line for this machine, running it as a
+child that never outlives the stage, and reading its results back.
+
+stages/train.py reads top to bottom; this is what it calls: the fingerprint that decides
+whether checkpoints may be resumed, the command (use_cpu, bf16 off where a CPU only emulates
+it, torchrun for several GPUs), `run_child` (SIGTERM/SIGHUP passed on, PR_SET_PDEATHSIG), and
+the metrics, loss curve and description of the run from what LlamaFactory wrote. The
+benchmarks call the same command and summary (bench/pipeline.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from triage.machine import cpu_has_bf16
+from triage.signals import raise_terminated
+
+CONFIG = Path("configs/train.yaml")  # rendered by the configure stage, run by LlamaFactory
+
+
+def fingerprint(config_text: str) -> str:
+    """Identity of a training run: config, dataset and base model descriptors."""
+    h = hashlib.sha256(config_text.encode())
+    files = sorted(Path("data/prepared").glob("*")) + sorted(Path("models/base").glob("*.json"))
+    for path in files:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def command(config: dict[str, Any], launch: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """The LlamaFactory command line and environment for this machine."""
+    cmd = ["llamafactory-cli", "train", str(CONFIG)]
+    env = dict(os.environ)
+    output_dir = Path(config["output_dir"])
+    env["TENSORBOARD_LOGGING_DIR"] = str(output_dir / "tensorboard")
+    env.setdefault("DISABLE_VERSION_CHECK", "0")
+    if gpu_count() == 0:
+        cmd.append("use_cpu=true")
+        if config.get("bf16") and not cpu_has_bf16():
+            # emulated bf16 is several times slower than fp32 there; same maths, more precision
+            cmd.append("bf16=false")
+    cmd.append("report_to=tensorboard")
+    nproc = int(launch.get("nproc_per_node") or 1)
+    if nproc > 1:  # LlamaFactory's own torchrun launcher (DeepSpeed via `deepspeed:` in params)
+        env["FORCE_TORCHRUN"] = "1"
+        env["NPROC_PER_NODE"] = str(nproc)
+    return cmd, env
+
+
+def loss_curve(log_path: Path) -> pd.DataFrame:
+    """trainer_log.jsonl -> step, loss, eval_loss (DVC plots need CSV/JSON/TSV)."""
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    frame = pd.DataFrame(rows)
+    cols = [c for c in ("current_steps", "loss", "eval_loss", "lr", "grad_norm") if c in frame]
+    frame = frame[cols].rename(columns={"current_steps": "step", "lr": "learning_rate"})
+    return frame.groupby("step", as_index=False).first()
+
+
+def summarise(output_dir: Path, runtime_s: float, peak_rss_mb: float) -> dict[str, Any]:
+    results = json.loads((output_dir / "all_results.json").read_text())
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    losses = [e["loss"] for e in state["log_history"] if "loss" in e]
+    evals = [e["eval_loss"] for e in state["log_history"] if "eval_loss" in e]
+    adapter_cfg = json.loads((output_dir / "adapter_config.json").read_text())
+    metrics = {
+        "train_loss": results.get("train_loss"),
+        "final_logged_loss": losses[-1] if losses else None,
+        "eval_loss": results.get("eval_loss", evals[-1] if evals else None),
+        "train_runtime_s": results.get("train_runtime"),
+        "train_samples_per_second": results.get("train_samples_per_second"),
+        "train_steps_per_second": results.get("train_steps_per_second"),
+        "stage_runtime_s": round(runtime_s, 1),
+        "peak_rss_mb": round(peak_rss_mb, 1),
+        "global_steps": state.get("global_step"),
+        "lora_rank": adapter_cfg.get("r"),
+        "lora_alpha": adapter_cfg.get("lora_alpha"),
+    }
+    tokens = state.get("num_input_tokens_seen") or results.get("num_input_tokens_seen")
+    if tokens and results.get("train_runtime"):
+        metrics["train_tokens_per_second"] = round(tokens / results["train_runtime"], 1)
+    trainable = trainable_parameters(output_dir / "adapter_model.safetensors")
+    metrics["trainable_parameters"] = trainable
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
+
+
+def what_ran(config: dict[str, Any], cmd: list[str]) -> dict[str, Any]:
+    """Device, precision and library versions of this run: the same params train differently
+    on a GPU, on a CPU with native bfloat16 and on one without."""
+    from importlib.metadata import version
+
+    gpus = gpu_count()
+    if "bf16=false" in cmd or not config.get("bf16"):
+        precision = "fp16" if config.get("fp16") else "float32"
+    else:
+        precision = "bf16 mixed"
+    return {
+        "device": f"cuda x{gpus}" if gpus else "cpu",
+        "precision": precision,
+        "versions": {p: version(p) for p in ("llamafactory", "torch", "transformers", "peft")},
+    }
+
+
+def trainable_parameters(adapter: Path) -> int:
+    """Count the LoRA parameters from the saved adapter (exact, independent of the logs)."""
+    from safetensors import safe_open
+
+    with safe_open(adapter, framework="pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the stage's process dies (Linux)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def run_child(cmd: list[str], env: dict[str, str], grace_s: float = 30.0) -> int:
+    """Run `cmd` and return its exit code. If this process is interrupted (KeyboardInterrupt,
+    or SIGTERM/SIGHUP turned into `Terminated`), the child gets SIGTERM, then SIGKILL after
+    grace_s, and is reaped before the exception goes on."""
+
+    linux = sys.platform.startswith("linux")
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent if linux else None)
+    handlers = {s: signal.signal(s, raise_terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
