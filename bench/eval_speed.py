@@ -20,7 +20,7 @@ from typing import Any
 from bench.common import WORK, bench_records, repeats, save, served_passes, spread
 from triage.params import load_params
 from triage.prepared import read_inputs
-from triage.scoring import overall, score
+from triage.scoring import overall, per_task, score
 
 # (name, what changes relative to the untuned settings). Untuned: max_num_seqs 8,
 # concurrency 8, vLLM's CPU reservation (1 of 2 cores for the engine's scheduler), prefix
@@ -76,7 +76,8 @@ def measure(
     """Requests/s over n warm passes; latencies and scores from the last one."""
     server, passes = served_passes(params, records, labels, n, WORK / "eval_speed_vllm.log")
     wall_s, outcomes = passes[-1]
-    metrics, _ = score(records, outcomes, params["tasks"], labels, {})
+    rows, answers = per_task(records, outcomes)  # a ticket record answers several tasks
+    metrics, _ = score(rows, answers, params["tasks"], labels)
     stats = overall(outcomes, wall_s, server.startup_s)
     stats["requests_per_s"] = spread([len(records) / w for w, _ in passes[1:]])
     stats["scores"] = {

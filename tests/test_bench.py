@@ -49,3 +49,36 @@ def test_goals_compare_with_their_targets(
     rows = goals(serving, pipeline)[2:]
     assert [r.rstrip(" |").rsplit("| ", 1)[1] for r in rows] == verdicts
     assert all(r.endswith("| n/a |") for r in goals(None, None)[2:])
+
+
+def test_eval_speed_scores_each_task_of_a_ticket_record(monkeypatch) -> None:
+    """bench.eval_speed scores the answers of one-record-per-ticket requests per task, as the
+    evaluate stage does (a ticket's reply holds one `task: answer` line per task)."""
+    from bench import eval_speed
+    from triage.client import Outcome
+
+    tasks = {
+        "category": {"kind": "classification"},
+        "summary": {"kind": "generation"},
+    }
+    records = [
+        {"id": f"T{i}", "tasks": ["category", "summary"], "output": "",
+         "answers": {"category": label, "summary": "order lost"}}
+        for i, label in enumerate(["billing", "shipping", "billing", "shipping"])
+    ]  # fmt: skip
+    replies = ["billing", "shipping", "shipping", "shipping"]  # 3 of 4 right
+    outcomes = [
+        Outcome(f"category: {r}\nsummary: order lost", "stop", 9, 0.5, attempts=1) for r in replies
+    ]
+
+    class Server:
+        startup_s = 1.0
+
+    monkeypatch.setattr(
+        eval_speed, "served_passes", lambda *a, **k: (Server(), [(2.0, outcomes), (1.0, outcomes)])
+    )
+    labels = {"category": ["billing", "shipping"]}
+    stats = eval_speed.measure({"tasks": tasks}, records, labels, 1)
+    assert stats["scores"]["category"]["accuracy"] == 0.75
+    assert stats["scores"]["summary"]["rougeL"] == 1.0
+    assert stats["requests_per_s"]["median"] == 4.0  # 4 requests in the 1 s warm pass
