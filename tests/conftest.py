@@ -170,10 +170,12 @@ class Experiment(NamedTuple):
     ran: set[str]
 
 
-def exp_run(ws: Path, *overrides: str, name: str | None = None) -> Experiment:
-    """`dvc exp run --temp` up to merge (no evaluation), with `-S` overrides."""
+def exp_run(
+    ws: Path, *overrides: str, name: str | None = None, target: str = "merge"
+) -> Experiment:
+    """`dvc exp run --temp` up to `target` (merge: no evaluation), with `-S` overrides."""
     args = ["exp", "run", "--temp", *(["-n", name] if name else [])]
-    args += [*[a for o in overrides for a in ("-S", o)], "merge"]
+    args += [*[a for o in overrides for a in ("-S", o)], target]
     out = dvc(args, ws).stdout
     ran = set(re.findall(r"Running stage '(\w+)'", out))
     name = re.search(r"Ran experiment\(s\): (\S+)", out).group(1)

@@ -14,13 +14,14 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import REPO, Experiment, dvc, run, set_params
+from tests.conftest import REPO, Experiment, dvc, exp_run, run, set_params
 from triage import report, study
 from triage.params import PipelineError
 from triage.report import Run, diagnose
@@ -162,21 +163,58 @@ def test_runs_are_the_workspace_and_finished_experiments() -> None:
         report.collect_runs(SHOWN, ["q"])
 
 
-def test_stale_evaluation_does_not_count() -> None:
-    def run_with(merge_md5: str, eval_md5: str) -> Run:
-        lock = {
-            "stages": {
-                "merge": {"outs": [{"path": "models/merged", "md5": merge_md5}]},
-                "evaluate": {"deps": [{"path": "models/merged", "md5": eval_md5}]},
-            }
-        }
-        r = Run("x", "c" * 40, {}, {"metrics/eval.json": {}})
-        r.files["dvc.lock"] = json.dumps(lock)  # JSON is YAML
+def lock_of(runs: dict[str, dict[str, Any]]) -> str:
+    """A dvc.lock (as JSON, which is YAML) of stages {name: {deps, outs, params}}."""
+    return json.dumps({"schema": "2.0", "stages": runs})
+
+
+def test_a_stage_that_did_not_run_in_an_experiment_is_not_its_own() -> None:
+    """dvc.lock keeps the parent's entries for the stages an experiment did not run: their
+    outputs (and every stage downstream) are not that experiment's."""
+    params = {"lora_rank": 32, "evaluate": {"concurrency": 8}}
+
+    def stages(configs: str, adapter_in: str, merged_in: str) -> dict[str, Any]:
+        return {
+            "configure": {"params": {"params.yaml": {"lora_rank": 32}},
+                          "outs": [{"path": "configs/train.yaml", "md5": configs}]},
+            "train": {"deps": [{"path": "configs/train.yaml", "md5": "c1"}],
+                      "outs": [{"path": "models/adapter", "md5": adapter_in},
+                               {"path": "metrics/train.json", "md5": "t"}]},
+            "merge": {"deps": [{"path": "models/adapter", "md5": "a1"}],
+                      "outs": [{"path": "models/merged", "md5": "m1"}]},
+            "evaluate": {"params": {"params.yaml": {"evaluate.concurrency": 8}},
+                         "deps": [{"path": "models/merged", "md5": merged_in}],
+                         "outs": [{"path": "metrics/eval.json", "md5": "e"}]},
+        }  # fmt: skip
+
+    def run_with(lock: dict[str, Any]) -> Run:
+        r = Run("x", "c" * 40, params, {"metrics/eval.json": {}, "metrics/train.json": {}})
+        r.files["dvc.lock"] = lock_of(lock)
         return r
 
-    assert report.evaluation_state(run_with("a.dir", "a.dir")) is None
-    assert report.evaluation_state(run_with("b.dir", "a.dir")).startswith("not evaluated (")
-    assert report.evaluation_state(Run("y", None, {}, {})) == "not evaluated"
+    assert report.foreign_stages(run_with(stages("c1", "a1", "m1"))) == {}
+    # stopped after configure: train ran on the parent's config, and so on downstream
+    after_configure = run_with(stages("c2", "a1", "m1"))
+    assert report.foreign_stages(after_configure) == {
+        "train": "it ran on another configs/train.yaml",
+        "merge": "train did not run in it",
+        "evaluate": "merge did not run in it",
+    }
+    assert set(report.own_outputs(after_configure)) == {
+        "models/adapter", "metrics/train.json", "models/merged", "metrics/eval.json"
+    }  # fmt: skip
+    assert after_configure.metrics == {}
+    assert report.evaluation_state(after_configure, {}) == "not evaluated"
+    # stopped after merge: the evaluation scored the parent's merged model
+    after_merge = run_with(stages("c1", "a1", "m0"))
+    assert report.foreign_stages(after_merge) == {"evaluate": "it ran on another models/merged"}
+    assert report.evaluation_state(after_merge).startswith("not produced by this run (evaluate")
+    # a params change the stage did not see
+    other_params = run_with(stages("c1", "a1", "m1"))
+    other_params.params = {**params, "evaluate": {"concurrency": 64}}
+    assert report.foreign_stages(other_params) == {
+        "evaluate": "it ran with another evaluate.concurrency"
+    }
 
 
 def test_report_renders_scores_curves_and_confusion(tmp_path: Path, monkeypatch) -> None:
@@ -496,7 +534,7 @@ def test_report_compares_the_experiments(
     assert training["rank-16"]["rank"] == "16" and training["rank-16"]["alpha"] == "32"
     # the experiments ran up to merge: their scores are not claimed
     scores = text.split("## Scores per task")[1].split("## Training")[0]
-    assert re.search(r"\| rank-16 \| not evaluated \|", scores)
+    assert re.search(r"\| rank-16 \| not (evaluated|produced by this run) \|", scores)
     assert "### category (classification)" in scores and "### summary (generation)" in scores
     assert (tmp_path / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
     diagnosis = text.split("## Training diagnosis")[1]
@@ -508,3 +546,34 @@ def test_report_compares_the_experiments(
         tiny_workspace,
     )
     assert "`rank-16`" in out.read_text() and "`target-qv`" not in out.read_text()
+
+
+@pytest.mark.slow
+def test_report_shows_no_figures_an_experiment_did_not_produce(
+    tiny_workspace: Path, tiny_experiments: dict[str, Experiment], tmp_path: Path
+) -> None:
+    """An experiment that stops after configure carries its parent's training figures and
+    scores in its metrics files: the report shows none of them under its name."""
+    exp = exp_run(tiny_workspace, "lora_rank=32", name="configure-only", target="configure")
+    try:
+        assert exp.ran == {"configure"}
+        out = tmp_path / "report.md"
+        cmd = [sys.executable, "-m", "triage.report", "--exp", "configure-only", "rank-16"]
+        run([*cmd, "--out", str(out)], tiny_workspace)
+        text = out.read_text()
+        params = md_rows(text.split("## Params that differ")[1])
+        assert params["lora_rank"]["configure-only"] == "32"
+        training = md_rows(text.split("## Training\n")[1])
+        row = training["configure-only"]
+        assert row["train time (s)"] == (
+            "not produced by this run (train: it ran on another configs/train.yaml)"
+        )
+        assert row["rank"] == row["trainable params"] == row["eval loss"] == ""
+        assert float(training["rank-16"]["train time (s)"]) > 0  # stopped after merge: trained
+        scores = text.split("## Scores per task")[1].split("## Training")[0]
+        for name in ("configure-only", "rank-16"):  # neither evaluated its own model
+            assert re.search(rf"\| {name} \| not (evaluated|produced by this run) \|", scores)
+        diagnosis = text.split("## Training diagnosis")[1]
+        assert "| configure-only |" not in diagnosis and "| rank-16 |" in diagnosis
+    finally:
+        dvc(["exp", "remove", "configure-only"], tiny_workspace)

@@ -366,25 +366,105 @@ def differing_params(runs: list[Run]) -> dict[str, list[Any]]:
     }
 
 
-def evaluation_state(run: Run) -> str | None:
-    """None if the run's metrics/eval.json scores its own merged model, else why not."""
-    if EVAL_METRICS not in run.metrics:
-        return "not evaluated"
+def lookup(params: dict[str, Any], dotted: str) -> Any:
+    """params["serve"]["dtype"] for "serve.dtype" (None where a key is missing)."""
+    node: Any = params
+    for key in dotted.split("."):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+def file_md5(run: Run, path: str) -> str | None:
+    """DVC's md5 of a file dependency (of its bytes) as this run has it in git or, for the
+    workspace, on disk; None for a folder or a file it does not have."""
+    import hashlib
+
+    if run.rev is None:
+        p = Path(path)
+        data = p.read_bytes() if p.is_file() else None
+    else:
+        proc = subprocess.run(["git", "cat-file", "blob", f"{run.rev}:{path}"], capture_output=True)
+        data = proc.stdout if proc.returncode == 0 else None
+    return None if data is None else hashlib.md5(data).hexdigest()
+
+
+def foreign_stages(run: Run) -> dict[str, str]:
+    """{stage: why} for each stage whose recorded outputs this run did not produce.
+
+    dvc.lock keeps a stage's entry from whichever run last ran it: an experiment that stopped
+    after configure still carries the parent's train, evaluate and compare entries and their
+    metrics. A stage's entry is this run's only if its params are the run's params, each
+    dependency another stage writes has the hash that stage's entry recorded, each file
+    dependency in git has its hash, and every stage upstream is this run's too.
+    """
     import yaml
 
-    lock = yaml.safe_load(run.read("dvc.lock") or "{}") or {}
-    stages = lock.get("stages", {})
+    lock = (yaml.safe_load(run.read("dvc.lock") or "{}") or {}).get("stages", {})
+    writer = {o["path"]: (name, o.get("md5")) for name, st in lock.items()
+              for o in st.get("outs") or []}  # fmt: skip
+    stale: dict[str, str] = {}
+    changed = True
+    while changed:  # until no stage turns stale: staleness flows downstream
+        changed = False
+        for name, st in lock.items():
+            if name in stale:
+                continue
+            why = None
+            for key, value in ((st.get("params") or {}).get("params.yaml") or {}).items():
+                if why is None and lookup(run.params, key) != value:
+                    why = f"it ran with another {key}"
+            for dep in st.get("deps") or []:
+                path = dep["path"]
+                if why is not None:
+                    break
+                if path in writer:
+                    up, md5 = writer[path]
+                    if up in stale:
+                        why = f"{up} did not run in it"
+                    elif md5 != dep.get("md5"):
+                        why = f"it ran on another {path}"
+                elif (md5 := file_md5(run, path)) is not None and md5 != dep.get("md5"):
+                    why = f"it ran with another {path}"
+            if why is not None:
+                stale[name] = why
+                changed = True
+    return stale
 
-    def merged_hash(entries: list[dict[str, Any]] | None) -> str | None:
-        for e in entries or []:
-            if e.get("path") == "models/merged":
-                return e.get("md5")
-        return None
 
-    merged = merged_hash(stages.get("merge", {}).get("outs"))
-    evaluated = merged_hash(stages.get("evaluate", {}).get("deps"))
-    if merged and evaluated and merged != evaluated:
-        return "not evaluated (metrics/eval.json is from another model: evaluate is stale)"
+def produced_by(run: Run) -> dict[str, str]:
+    """{output path: the stage that writes it}, from the run's dvc.lock."""
+    import yaml
+
+    lock = (yaml.safe_load(run.read("dvc.lock") or "{}") or {}).get("stages", {})
+    return {o["path"]: name for name, st in lock.items() for o in st.get("outs") or []}
+
+
+def not_produced(run: Run) -> dict[str, str]:
+    """{output path: why this run did not produce it} for its stale stages' outputs."""
+    stale = foreign_stages(run)
+    return {
+        path: f"not produced by this run ({stage}: {stale[stage]})"
+        for path, stage in produced_by(run).items()
+        if stage in stale
+    }
+
+
+def own_outputs(run: Run) -> dict[str, str]:
+    """Drop from `run.metrics` every file this run did not produce; returns {path: why}."""
+    foreign = not_produced(run)
+    run.metrics = {path: data for path, data in run.metrics.items() if path not in foreign}
+    for path in foreign:  # plots and curves read through run.read() see nothing either
+        run.files[path] = None
+    return foreign
+
+
+def evaluation_state(run: Run, foreign: dict[str, str] | None = None) -> str | None:
+    """None if the run's metrics/eval.json scores its own merged model, else why not."""
+    foreign = not_produced(run) if foreign is None else foreign
+    if EVAL_METRICS in foreign:
+        return foreign[EVAL_METRICS]
+    if EVAL_METRICS not in run.metrics:
+        return "not evaluated"
     return None
 
 
@@ -546,7 +626,8 @@ def render_report(runs: list[Run], out_dir: Path) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*.png"):  # images of runs no longer compared
         old.unlink()
-    states = {r.name: evaluation_state(r) for r in runs}
+    foreign = {r.name: own_outputs(r) for r in runs}  # another run's files are not shown
+    states = {r.name: evaluation_state(r, foreign[r.name]) for r in runs}
     curves = {r.name: c for r in runs if (c := read_curve(r)) is not None}
     parts = ["# Experiment report", ""]
     parts.append(
@@ -578,8 +659,9 @@ def render_report(runs: list[Run], out_dir: Path) -> str:
 
     parts += ["", "## Training", ""]
     train = {r.name: r.metrics.get(TRAIN_METRICS) for r in runs}
+    missing = {r.name: foreign[r.name].get(TRAIN_METRICS, "not trained") for r in runs}
     parts.append(md_table(["run", *[label for _, label in TRAINING]], [
-        [name, *[(m or {}).get(key) if m else ("not trained" if i == 0 else "")
+        [name, *[(m or {}).get(key) if m else (missing[name] if i == 0 else "")
                  for i, (key, _) in enumerate(TRAINING)]]
         for name, m in train.items()
     ]))  # fmt: skip
