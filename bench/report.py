@@ -129,8 +129,8 @@ def pipeline_section(r: dict[str, Any] | None) -> list[str]:
         "DVC hashing and caching its outputs. "
         + (
             f"Skipped: {', '.join(skipped)} (their outputs are committed and match dvc.lock)."
-            if (skipped := [x for x in stage_order(STAGES) if x not in w["stages_s"]])
-            else ""
+            if (skipped := w.get("skipped"))  # recorded by the run: the pipeline changes
+            else f"Measured {r.get('measured', '(date not recorded)')}, on that day's pipeline."
         ),
         "",
     ]
