@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import psutil
 import yaml
 
 from triage.records import records_for_ticket
@@ -160,25 +161,25 @@ SERVE = {
 
 def owned_processes(owner: int | None = None, under: Path | None = None) -> list[int]:
     """Live processes whose environment carries the server marker, optionally only those
-    started by `owner` (pid) or running in a folder `under` (their working directory)."""
+    started by `owner` (pid) or running in a folder `under` (their working directory).
+
+    Reads /proc/<pid>/environ itself: vLLM renames its engine (setproctitle), which overwrites
+    the start of that block with NULs, and psutil's environ() stops at the first of them."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for proc in psutil.process_iter(["status", "cwd"]):
+        if proc.info["status"] in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            continue  # a zombie runs nothing
         try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            stat = (entry / "stat").read_text()
-            cwd = os.readlink(entry / "cwd")
+            environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
         except OSError:  # gone meanwhile, or not ours to read
-            continue
-        if stat[stat.rindex(")") + 2] in "ZX":  # a zombie runs nothing
             continue
         marker = [e.split(b"=", 1)[1] for e in environ if e.startswith(OWNER_ENV.encode() + b"=")]
         if not marker or (owner is not None and int(marker[0]) != owner):
             continue
-        if under is not None and not Path(cwd).is_relative_to(under):
+        cwd = proc.info["cwd"]
+        if under is not None and not (cwd and Path(cwd).is_relative_to(under)):
             continue
-        found.append(int(entry.name))
+        found.append(proc.pid)
     return found
 
 
@@ -187,9 +188,10 @@ def leaked_shm(since: float) -> list[str]:
     that no process maps any more: what a vLLM killed the wrong way leaves in /dev/shm (RAM;
     hundreds of MB each time, seen here)."""
     mapped = set()
-    for maps in Path("/proc").glob("[0-9]*/maps"):
-        with contextlib.suppress(OSError):
-            mapped.update(re.findall(r"/dev/shm/(\S+)", maps.read_text()))
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            for region in proc.memory_maps():  # "/dev/shm/psm_1a2b (deleted)" once unlinked
+                mapped.update(re.findall(r"/dev/shm/(\S+)", region.path))
     leaked = []
     for f in Path("/dev/shm").glob("*"):
         with contextlib.suppress(OSError):

@@ -24,6 +24,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.helpers import (
@@ -46,8 +47,8 @@ from triage.server import OWNER_ENV, VLLMServer, group_pids
 def command(pid: int) -> str:
     """A process's command line ("" if it is gone); vLLM renames its engine VLLM::EngineCore."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-    except OSError:
+        return " ".join(psutil.Process(pid).cmdline()).strip()
+    except psutil.Error:
         return ""
 
 

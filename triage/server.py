@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from triage.files import write_text
 from triage.machine import ROOT, cpu_has_bf16, serve_python
@@ -92,26 +93,21 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def group_pids(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group, read from /proc."""
+    """Live (non-zombie) processes of a process group."""
     pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    for proc in psutil.process_iter(["status"]):
+        if proc.info["status"] in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
             continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:  # gone meanwhile
-            continue
-        # fields after the command name (which may hold spaces and parentheses)
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
-            pids.append(int(entry.name))
+        with contextlib.suppress(OSError):  # gone meanwhile
+            if os.getpgid(proc.pid) == pgid:
+                pids.append(proc.pid)
     return pids
 
 
 def _is_resource_tracker(pid: int) -> bool:
     try:
-        return b"multiprocessing.resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        return "multiprocessing.resource_tracker" in " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:  # gone, or not ours to read
         return False
 
 
