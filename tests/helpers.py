@@ -19,6 +19,7 @@ import random
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -183,21 +184,34 @@ def owned_processes(owner: int | None = None, under: Path | None = None) -> list
     return found
 
 
-def leaked_shm(since: float) -> list[str]:
-    """Shared memory (Python multiprocessing's psm_* and sem.mp-* files) created since `since`
-    that no process maps any more: what a vLLM killed the wrong way leaves in /dev/shm (RAM;
-    hundreds of MB each time, seen here)."""
+def unmapped_shm(since: float) -> set[str]:
+    """Multiprocessing's psm_* and sem.mp-* files in /dev/shm, created since `since`, that
+    no process maps."""
     mapped = set()
     for proc in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
             for region in proc.memory_maps():  # "/dev/shm/psm_1a2b (deleted)" once unlinked
                 mapped.update(re.findall(r"/dev/shm/(\S+)", region.path))
-    leaked = []
+    found = set()
     for f in Path("/dev/shm").glob("*"):
         with contextlib.suppress(OSError):
             if f.name.startswith(("psm_", "sem.mp-")) and f.stat().st_mtime >= since:
-                leaked.append(f.name)
-    return sorted(set(leaked) - mapped)
+                found.add(f.name)
+    return found - mapped
+
+
+def leaked_shm(since: float, settle_s: float = 5.0) -> list[str]:
+    """Shared memory created since `since` that no process maps and that stays: what a vLLM
+    killed the wrong way leaves in /dev/shm (RAM; hundreds of MB each time, seen here).
+
+    Another job on the machine (a second test run, any Python multiprocessing) creates such
+    files too, for a moment: a named semaphore lives between its creation and its unlink. A
+    leak stays until reboot, so only files still there after `settle_s` count."""
+    first = unmapped_shm(since)
+    if not first:
+        return []
+    time.sleep(settle_s)
+    return sorted(first & unmapped_shm(since))
 
 
 def task_records(
