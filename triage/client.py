@@ -12,6 +12,7 @@ send what the stage sends.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import os
 import random
@@ -108,20 +109,22 @@ def stage_budgets(params: dict[str, Any], served: Path) -> dict[str, int]:
 
 def sized_budgets(tokenizer_folder: Path) -> Callable[[str], int]:
     """answer_budget of a task, its training answers counted by the served model's tokenizer
-    (loaded only if a task needs it)."""
+    (tokenizer and training split loaded once, and only if a task needs them)."""
 
-    def sized(name: str) -> int:
+    @functools.cache
+    def counted() -> tuple[Any, list[dict[str, Any]]]:
         from transformers import AutoTokenizer
 
+        return AutoTokenizer.from_pretrained(str(tokenizer_folder)), read_split("train")
+
+    def sized(name: str) -> int:
         if not (tokenizer_folder / "tokenizer_config.json").is_file():
             raise PipelineError(
                 f"params.yaml evaluate.max_tokens is empty: sizing tasks.{name}'s answers needs "
                 f"the model's tokenizer in {tokenizer_folder} (not found); set a number"
             )
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder))
-        answers = [
-            str(r["answers"][name]) for r in read_split("train") if name in r.get("answers", {})
-        ]
+        tokenizer, train = counted()
+        answers = [str(r["answers"][name]) for r in train if name in r.get("answers", {})]
         lengths = [len(tokenizer.encode(a, add_special_tokens=False)) for a in answers]
         return answer_budget(lengths)
 

@@ -388,6 +388,13 @@ def file_md5(run: Run, path: str) -> str | None:
     return None if data is None else hashlib.md5(data).hexdigest()
 
 
+def lock_stages(run: Run) -> dict[str, dict[str, Any]]:
+    """The `stages` of the run's dvc.lock ({} if it has none)."""
+    import yaml
+
+    return (yaml.safe_load(run.read("dvc.lock") or "{}") or {}).get("stages", {})
+
+
 def foreign_stages(run: Run) -> dict[str, str]:
     """{stage: why} for each stage whose recorded outputs this run did not produce.
 
@@ -397,9 +404,7 @@ def foreign_stages(run: Run) -> dict[str, str]:
     dependency another stage writes has the hash that stage's entry recorded, each file
     dependency in git has its hash, and every stage upstream is this run's too.
     """
-    import yaml
-
-    lock = (yaml.safe_load(run.read("dvc.lock") or "{}") or {}).get("stages", {})
+    lock = lock_stages(run)
     writer = {o["path"]: (name, o.get("md5")) for name, st in lock.items()
               for o in st.get("outs") or []}  # fmt: skip
     stale: dict[str, str] = {}
@@ -433,10 +438,7 @@ def foreign_stages(run: Run) -> dict[str, str]:
 
 def produced_by(run: Run) -> dict[str, str]:
     """{output path: the stage that writes it}, from the run's dvc.lock."""
-    import yaml
-
-    lock = (yaml.safe_load(run.read("dvc.lock") or "{}") or {}).get("stages", {})
-    return {o["path"]: name for name, st in lock.items() for o in st.get("outs") or []}
+    return {o["path"]: name for name, st in lock_stages(run).items() for o in st.get("outs") or []}
 
 
 def not_produced(run: Run) -> dict[str, str]:
