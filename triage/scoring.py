@@ -330,3 +330,30 @@ def prediction_rows(records: list[dict[str, Any]], outcomes: list[Outcome]) -> s
         }
         lines.append(json.dumps(row, ensure_ascii=False))
     return "\n".join(lines) + "\n"
+
+
+def split_reports(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Take scikit-learn's per-class report out of each classification task's metrics: it
+    goes to a file of its own, so that `dvc metrics diff` shows the headlines only."""
+    return {
+        name: m.pop("classification_report")
+        for name, m in metrics.items()
+        if isinstance(m, dict) and "classification_report" in m
+    }
+
+
+def summary_lines(metrics: dict[str, Any], tasks: dict[str, Any]) -> list[str]:
+    """The evaluation in a few console lines: each task's headlines, then speed and errors."""
+    lines = []
+    for name, task in tasks.items():
+        keys = ("accuracy", "macro_f1", "invalid_rate") if task["kind"] == "classification" else (
+            "rouge1", "rouge2", "rougeL", "truncated_rate"
+        )  # fmt: skip
+        lines.append(f"evaluate {name}: " + ", ".join(f"{k} {metrics[name][k]:.3f}" for k in keys))
+    o = metrics["overall"]
+    lines.append(
+        f"evaluate: {o['requests']} requests in {o['wall_time_s']:.1f} s "
+        f"({o['requests_per_second']:.2f} req/s, {o['output_tokens_per_second']:.1f} output tok/s, "
+        f"p50 {o['latency_p50_s']} s, p95 {o['latency_p95_s']} s), {o['errors']} errors"
+    )
+    return lines
