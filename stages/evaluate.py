@@ -82,7 +82,6 @@ def run(params: dict[str, Any], out: Outputs = Outputs()) -> None:
     if out.model == MODEL and cfg.get("serve") == "adapter":  # no merged model needed
         out = dataclasses.replace(out, model=BASE, adapter=ADAPTER)
     out = dataclasses.replace(out, model=model_folder(out.model))
-    params = {**params, "evaluate": cfg}
     tasks = params["tasks"]
     records, labels = read_inputs(tasks)
     # the served model's tokenizer counts the training answers (a remote server's: the base's)
@@ -93,8 +92,9 @@ def run(params: dict[str, Any], out: Outputs = Outputs()) -> None:
     if cfg.get("base_url") and out.model == MODEL:  # a named variant is always served here
         got = from_remote(records, labels, params, budgets)
     else:  # the server is stopped before scoring
-        model, adapter, log = out.model, out.adapter, out.server_log
-        got = from_own_server(records, labels, params, budgets, model, adapter, log)
+        got = from_own_server(
+            records, labels, params, budgets, out.model, out.adapter, out.server_log
+        )
     outcomes = got.outcomes
 
     errors = [o.error for o in outcomes if o.error is not None]
