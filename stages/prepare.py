@@ -27,6 +27,7 @@ from triage.dataset import (
     check_params,
     data_metrics,
     dataset_info,
+    label_records,
     label_sets,
     make_records,
     near_duplicates,
@@ -66,14 +67,17 @@ def main() -> None:
 
     layout = prep.get("records", "ticket")
     records = make_records(tickets, answers, tasks, labels, params["default_system"], layout)
+    train_labels = label_records(tickets, answers, tasks, labels, params["default_system"], layout)
 
     # Everything is validated: only now replace the outputs (the data first, then metrics).
     with atomic_dir(OUT) as tmp:
         for s in SPLITS:
             write_text(tmp / f"{s}.jsonl", to_jsonl(records[s]))
+        write_text(tmp / "train_labels.jsonl", to_jsonl(train_labels))
         write_json(tmp / "dataset_info.json", dataset_info())
         write_json(tmp / "labels.json", labels)
     metrics = data_metrics(frame, tickets, answers, records, labels)
+    metrics["records"]["train_labels"] = len(train_labels)
     metrics["duplicates_dropped"] = dropped
     metrics["near_duplicates"] = near_duplicates(tickets)
     metrics["targets_seen_in_train"] = targets_seen_in_train(tickets, answers, tasks)

@@ -254,7 +254,20 @@ def test_split_is_by_ticket_with_every_task(prepared: Path) -> None:
     assert ids["train"] != sorted(ids["train"])  # shuffled, not in input order
     metrics = metrics_of(prepared)
     assert metrics["tickets"] == {"train": 42, "validation": 6, "test": 12, "total": 60}
-    assert metrics["records"] == {"train": 42, "validation": 6, "test": 12, "total": 60}
+    assert metrics["records"] == {
+        "train": 42, "validation": 6, "test": 12, "total": 60, "train_labels": 42,
+    }  # fmt: skip
+
+
+def test_label_records_are_the_training_tickets_answering_only_labels(prepared: Path) -> None:
+    train = split_records(prepared)["train"]
+    labels_only = read_jsonl(prepared / "data" / "prepared" / "train_labels.jsonl")
+    assert [r["id"] for r in labels_only] == [r["id"] for r in train]  # same order: max_samples
+    for full, short in zip(train, labels_only, strict=True):
+        assert short["tasks"] == ["category", "priority"]
+        assert short["input"] == full["input"] and short["system"] == full["system"]
+        assert short["output"] == "\n".join(full["output"].splitlines()[:2])
+        assert "summary" not in short["instruction"]
 
 
 def test_a_ticket_record_answers_every_task_one_line_each(prepared: Path) -> None:
@@ -341,7 +354,7 @@ def test_task_layout_has_a_record_per_ticket_and_task(tmp_path: Path) -> None:
     assert record["instruction"] == "Classify the ticket. Categories: account, billing, shipping."
     assert record["output"] == record["answers"]["category"]
     assert metrics_of(tmp_path)["records"] == {
-        "train": 126, "validation": 18, "test": 36, "total": 180,
+        "train": 126, "validation": 18, "test": 36, "total": 180, "train_labels": 84,
     }  # fmt: skip
     # the same split as the ticket layout
     ticket_layout = tmp_path / "ticket"
@@ -361,7 +374,9 @@ def test_unknown_record_layout_is_an_error(tmp_path: Path) -> None:
 
 def test_dataset_info_maps_the_alpaca_columns(prepared: Path) -> None:
     info = json.loads((prepared / "data" / "prepared" / "dataset_info.json").read_text())
-    assert set(info) == {"tickets_train", "tickets_validation", "tickets_test"}
+    assert set(info) == {
+        "tickets_train", "tickets_validation", "tickets_test", "tickets_train_labels",
+    }  # fmt: skip
     assert info["tickets_test"] == {
         "file_name": "test.jsonl",
         "formatting": "alpaca",
@@ -473,7 +488,7 @@ def test_llamafactory_loads_the_prepared_dataset(
             "do_train": True,
             "finetuning_type": "lora",
             "template": "smollm2",
-            "dataset": "tickets_train",
+            "dataset": "tickets_train,tickets_train_labels",
             "dataset_dir": str(prepared / "data" / "prepared"),
             "cutoff_len": 1024,
             "output_dir": str(tmp_path / "out"),
@@ -487,13 +502,16 @@ def test_llamafactory_loads_the_prepared_dataset(
     dataset = get_dataset(template, model_args, data_args, training_args, "sft", tokenizer)
     train = dataset["train_dataset"]
     gold = read_jsonl(prepared / "data" / "prepared" / "train.jsonl")
-    assert len(train) == len(gold) == 42
+    labels_only = read_jsonl(prepared / "data" / "prepared" / "train_labels.jsonl")
+    assert len(train) == len(gold) + len(labels_only) == 84  # both datasets, concatenated
 
     prompt = tokenizer.decode(train[0]["input_ids"])
     answer = tokenizer.decode([t for t in train[0]["labels"] if t != -100])  # what is learnt
     assert gold[0]["system"] in prompt and gold[0]["instruction"] in prompt
     assert gold[0]["input"] in prompt
     assert gold[0]["output"] in answer and gold[0]["input"] not in answer
+    short = tokenizer.decode([t for t in train[len(gold)]["labels"] if t != -100])
+    assert labels_only[0]["output"] in short and "summary" not in short
 
 
 def test_no_id_column_numbers_tickets_by_their_text(tmp_path: Path) -> None:

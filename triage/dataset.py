@@ -510,6 +510,28 @@ def make_records(
     return records
 
 
+def label_records(
+    tickets: pd.DataFrame,
+    answers: pd.DataFrame,
+    tasks: dict[str, dict[str, Any]],
+    labels: dict[str, list[str]],
+    system: str,
+    layout: str,
+) -> list[dict[str, Any]]:
+    """The training tickets again, in the same order, answering only the classification tasks.
+
+    Written as the dataset `tickets_train_labels`: listed beside `tickets_train` in
+    params.yaml `dataset`, it gives the labels a second pass without the generated text,
+    whose ~25 answer tokens per record otherwise outweigh a label's one or two in the loss.
+    """
+    names = [n for n, t in tasks.items() if t["kind"] == "classification"]
+    out: list[dict[str, Any]] = []
+    for t in tickets[tickets["split"] == "train"].itertuples():
+        gold = {name: str(answers.at[t.Index, name]) for name in names}
+        out += records_for_ticket(t.id, t.text, gold, tasks, labels, system, layout)
+    return out
+
+
 def data_metrics(
     frame: pd.DataFrame,
     tickets: pd.DataFrame,
@@ -545,12 +567,13 @@ def to_jsonl(records: list[dict[str, Any]]) -> str:
 
 
 def dataset_info() -> dict[str, Any]:
-    """LlamaFactory's dataset_info.json: one alpaca dataset per split, `tickets_<split>`."""
+    """LlamaFactory's dataset_info.json: one alpaca dataset per split, `tickets_<split>`,
+    and `tickets_train_labels` (the training tickets answering only their labels)."""
     return {
         f"tickets_{s}": {
             "file_name": f"{s}.jsonl",
             "formatting": "alpaca",
             "columns": ALPACA_COLUMNS,
         }
-        for s in SPLITS
+        for s in (*SPLITS, "train_labels")
     }
