@@ -263,6 +263,37 @@ def test_owner_killed_outright_leaves_no_server(tmp_path: Path) -> None:
     assert wait_until(lambda: owned_processes(owner=owner.pid) == [], timeout=20) < 1 + 5
 
 
+def test_a_stage_ends_when_its_parent_is_killed_outright(tmp_path: Path) -> None:
+    """SIGKILL of `dvc repro` runs no cleanup there and DVC does not stop its stage: every
+    stage's run_main asks the kernel for SIGTERM when the parent dies, and ends."""
+    stage = (
+        f"import sys, time; sys.path.insert(0, {str(REPO)!r})\n"
+        "from triage.files import run_main\n"
+        "run_main(lambda: (print('running', flush=True), time.sleep(120)))\n"
+    )
+    parent = (  # stands in for dvc: starts the stage, prints its pid, waits
+        "import subprocess, sys\n"
+        f"child = subprocess.Popen([sys.executable, '-c', {stage!r}])\n"
+        "print(child.pid, flush=True)\n"
+        "child.wait()\n"
+    )
+    dvc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    assert dvc.stdout is not None
+    pid = int(dvc.stdout.readline())
+    assert dvc.stdout.readline().strip() == "running"  # the stage is in its main()
+    dvc.kill()
+    dvc.wait()
+    wait_until(lambda: gone(pid), timeout=30)  # fails: the stage sleeps on for 120 s
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie not yet reaped by its new parent counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def test_missing_model_is_one_line_and_spawns_nothing(tmp_path: Path) -> None:
     ws = mini_workspace(tmp_path, task_records(["Subject: a\n\nb"]))  # no models/merged
     proc = run_evaluate(ws, timeout=120)

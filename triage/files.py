@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from triage.params import PipelineError
+from triage.signals import die_with_parent
 
 
 @contextlib.contextmanager
@@ -73,7 +74,9 @@ def write_yaml(path: str | Path, obj: Any, header: str = "") -> None:
 
 
 def run_main(main: Callable[[], None]) -> None:
-    """Run a stage's main(): a PipelineError becomes one clear line on stderr and exit 1."""
+    """Run a stage's main(): a PipelineError becomes one clear line on stderr and exit 1.
+    The stage ends with its parent (`dvc repro` killed outright does not stop it)."""
+    die_with_parent()
     try:
         main()
     except PipelineError as e:

@@ -10,21 +10,19 @@ benchmarks call the same command and summary (bench/pipeline.py).
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import math
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from triage.machine import cpu_has_bf16
-from triage.signals import raise_terminated
+from triage.signals import die_with_parent, raise_terminated
 
 CONFIG = Path("configs/train.yaml")  # rendered by the configure stage, run by LlamaFactory
 
@@ -126,19 +124,12 @@ def trainable_parameters(adapter: Path) -> int:
         return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the stage's process dies (Linux)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def run_child(cmd: list[str], env: dict[str, str], grace_s: float = 30.0) -> int:
     """Run `cmd` and return its exit code. If this process is interrupted (KeyboardInterrupt,
     or SIGTERM/SIGHUP turned into `Terminated`), the child gets SIGTERM, then SIGKILL after
     grace_s, and is reaped before the exception goes on."""
 
-    linux = sys.platform.startswith("linux")
-    proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent if linux else None)
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent)
     handlers = {s: signal.signal(s, raise_terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         return proc.wait()
