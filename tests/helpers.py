@@ -296,3 +296,11 @@ def server_pid(stdout: str) -> int:
     """The API server's pid (= its process group) from the stage's "vLLM ready" line."""
     line = next(x for x in stdout.splitlines() if "vLLM ready" in x)
     return int(line.split("(pid ")[1].split(")")[0])
+
+
+def alive(pid: int) -> bool:
+    """The process runs (a zombie not yet reaped by its new parent counts as gone)."""
+    try:
+        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
+        return False

@@ -30,6 +30,7 @@ import pytest
 from tests.helpers import (
     REPO,
     SERVE,
+    alive,
     leaked_shm,
     mini_workspace,
     owned_processes,
@@ -283,15 +284,7 @@ def test_a_stage_ends_when_its_parent_is_killed_outright(tmp_path: Path) -> None
     assert dvc.stdout.readline().strip() == "running"  # the stage is in its main()
     dvc.kill()
     dvc.wait()
-    wait_until(lambda: gone(pid), timeout=30)  # fails: the stage sleeps on for 120 s
-
-
-def gone(pid: int) -> bool:
-    """The process has exited (a zombie not yet reaped by its new parent counts as gone)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+    wait_until(lambda: not alive(pid), timeout=30)  # fails: the stage sleeps on for 120 s
 
 
 def test_missing_model_is_one_line_and_spawns_nothing(tmp_path: Path) -> None:

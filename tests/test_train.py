@@ -12,11 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 
 from tests.conftest import REPO, Experiment, run, set_params
+from tests.helpers import alive
 from triage import records, training
 
 
@@ -244,13 +244,6 @@ def wait_for(done, what: str, seconds: float = 120) -> None:
     while not done():
         assert time.monotonic() < deadline, what
         time.sleep(0.1)
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
-    except psutil.NoSuchProcess:
-        return False
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])

@@ -524,12 +524,9 @@ def label_records(
     params.yaml `dataset`, it gives the labels a second pass without the generated text,
     whose ~25 answer tokens per record otherwise outweigh a label's one or two in the loss.
     """
-    names = [n for n, t in tasks.items() if t["kind"] == "classification"]
-    out: list[dict[str, Any]] = []
-    for t in tickets[tickets["split"] == "train"].itertuples():
-        gold = {name: str(answers.at[t.Index, name]) for name in names}
-        out += records_for_ticket(t.id, t.text, gold, tasks, labels, system, layout)
-    return out
+    classification = {n: t for n, t in tasks.items() if t["kind"] == "classification"}
+    train = tickets[tickets["split"] == "train"]
+    return make_records(train, answers, classification, labels, system, layout)["train"]
 
 
 def data_metrics(
