@@ -68,10 +68,14 @@ clean:  ## remove pipeline outputs (not the environments, not the DVC cache)
 serve:  ## serve models/merged with vLLM for interactive use (prints URL, key, curl example)
 	python -m triage.server $(MODEL) $(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(PORT),--port $(PORT))
 
+# PARITY_TICKETS=96 asks the adapter about the first 96 test tickets only (slow on a CPU);
+# PARITY_DTYPE=float32 serves both models again in float32 (bfloat16 rounding, or more?).
+PARITY_FLAGS = $(if $(PARITY_TICKETS),--tickets $(PARITY_TICKETS)) $(if $(PARITY_DTYPE),--dtype $(PARITY_DTYPE))
 parity: setup  ## adapter on the base model vs merged model, served alike: metrics/parity.json
 	dvc repro evaluate
-	python -m stages.evaluate --serve adapter --name adapter
-	python -m triage.parity
+	$(if $(PARITY_DTYPE),python -m stages.evaluate --serve merged --name merged $(PARITY_FLAGS))
+	python -m stages.evaluate --serve adapter --name adapter $(PARITY_FLAGS)
+	python -m triage.parity $(if $(PARITY_DTYPE),--merged data/eval/predictions_merged.jsonl)
 
 chat:  ## triage one ticket with the `make serve` server: make chat TICKET="Subject: ..."
 	python -m triage.chat

@@ -77,13 +77,17 @@ class Outputs:
         )
 
 
-def run(params: dict[str, Any], out: Outputs = Outputs()) -> None:
+def run(params: dict[str, Any], out: Outputs = Outputs(), tickets: int | None = None) -> None:
+    """Serve, ask, score; `tickets`: the first N test tickets only (`make parity` on a CPU)."""
     cfg = check_eval_params(params.get("evaluate"))
     if out.model == MODEL and cfg.get("serve") == "adapter":  # no merged model needed
         out = dataclasses.replace(out, model=BASE, adapter=ADAPTER)
     out = dataclasses.replace(out, model=model_folder(out.model))
     tasks = params["tasks"]
     records, labels = read_inputs(tasks)
+    if tickets:  # records of the first N tickets (one or one per task, by prepare.records)
+        first = set(list(dict.fromkeys(r["id"] for r in records))[:tickets])
+        records = [r for r in records if r["id"] in first]
     # the served model's tokenizer counts the training answers (a remote server's: the base's)
     local = out.model if (out.model / "config.json").is_file() else model_folder(BASE)
     budgets = stage_budgets(params, local)
@@ -124,16 +128,24 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="serve this folder, e.g. models/base")
     parser.add_argument("--serve", choices=("merged", "adapter"), help="evaluate.serve, for once")
+    parser.add_argument("--dtype", help="serve.dtype, for once (e.g. float32)")
+    parser.add_argument("--tickets", type=int, help="the first N test tickets only")
     parser.add_argument("--name", help="write metrics/eval_NAME.json, predictions_NAME.jsonl")
     args = parser.parse_args(argv)
-    if (args.model is not None or args.serve is not None) and args.name is None:
-        parser.error("--model and --serve write beside the default outputs: give --name")
+    if any(x is not None for x in vars(args).values()) and args.name is None:
+        parser.error(
+            "--model, --serve, --dtype and --tickets write beside the default outputs: give --name"
+        )
+    if args.tickets is not None and args.tickets < 1:
+        parser.error("--tickets: give a positive number of tickets")
     try:
         params = load_params()
         if args.serve:
             params["evaluate"] = {**params["evaluate"], "serve": args.serve, "base_url": None}
+        if args.dtype:
+            params["serve"] = {**params["serve"], "dtype": args.dtype}
         out = Outputs.named(args.model or MODEL, args.name) if args.name else Outputs()
-        run(params, out)
+        run(params, out, args.tickets)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -603,5 +603,8 @@ def test_parity_counts_identical_answers_per_task() -> None:
     assert result["priority"]["n"] == 2 and result["priority"]["agreement"] == 0.5
     assert result["priority"]["differing"] == [{"id": "b", "merged": "low", "adapter": "medium"}]
     assert result["summary"] == {"n": 1, "agreement": 1.0, "differing": []}
+    # the adapter may answer a sample of the tickets (make parity PARITY_TICKETS=N), no others
+    sample = parity.agreement(merged, {("b", "priority"): "low"})
+    assert sample == {"priority": {"n": 1, "agreement": 1.0, "differing": []}}
     with pytest.raises(PipelineError, match="answer different"):
-        parity.agreement(merged, {("a", "priority"): "high"})
+        parity.agreement(merged, {("c", "priority"): "high"})

@@ -76,8 +76,11 @@ def test_the_pipeline_learns_a_keyword_task(make_workspace, base_workspace: Path
     assert f"{zero_shot['accuracy']:.3f}" in table.split("base model zero-shot")[1].split("\n")[0]
 
     # the adapter served on the base model by vLLM's LoRA support answers as the merged model
-    run([sys.executable, "-m", "stages.evaluate", "--serve", "adapter", "--name", "adapter"], ws)
+    # on the first 12 test tickets (make parity PARITY_TICKETS=12): vLLM's CPU LoRA path is slow
+    adapter = ["--serve", "adapter", "--name", "adapter", "--tickets", "12"]
+    run([sys.executable, "-m", "stages.evaluate", *adapter], ws)
+    assert json.loads((ws / "metrics" / "eval_adapter.json").read_text())["team"]["n"] == 12
     run([sys.executable, "-m", "triage.parity"], ws)
     parity = json.loads((ws / "metrics" / "parity.json").read_text())
-    assert parity["team"]["n"] == 30 and parity["team"]["agreement"] >= 0.99, parity
+    assert parity["team"]["n"] == 12 and parity["team"]["agreement"] >= 0.99, parity
     assert parity["served"]["adapter"]["adapter"] == "models/adapter"
