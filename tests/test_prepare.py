@@ -7,6 +7,7 @@ Every check of bad input has its own small bad file; each must stop the stage wi
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import random
@@ -17,8 +18,17 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import yaml
 
-from tests.helpers import PARAMS, PRIORITIES, TASKS, make_params, make_tickets, prepare_in
+from tests.helpers import (
+    PARAMS,
+    PRIORITIES,
+    REPO,
+    TASKS,
+    make_params,
+    make_tickets,
+    prepare_in,
+)
 
 OUTPUTS = ("train.jsonl", "validation.jsonl", "test.jsonl", "dataset_info.json", "labels.json")
 SPLITS = ("train", "validation", "test")
@@ -554,3 +564,31 @@ def test_near_duplicates_across_splits_are_counted(prepared: Path) -> None:
     # make_tickets' summaries come from 12 topics: every test summary was seen in training
     seen = metrics_of(prepared)["targets_seen_in_train"]
     assert seen == {"summary": len(records["test"])}
+
+
+def test_the_worked_example_export_prepares_by_its_params_file(tmp_path: Path) -> None:
+    """README's worked example: data/make_export.py's help-desk export (no id column,
+    resubmitted tickets, another routing label, long replies) runs through prepare with
+    configs/examples/helpdesk_export.params.yaml and nothing else changed."""
+    spec = importlib.util.spec_from_file_location("make_export", REPO / "data/make_export.py")
+    make_export = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_export)
+    tickets = pd.read_csv(REPO / "data/raw/tickets.csv", keep_default_na=False)
+    export = make_export.make_export(tickets, seed=7)
+    assert "id" not in export.columns
+    params = yaml.safe_load((REPO / "configs/examples/helpdesk_export.params.yaml").read_text())
+    prepare = params["prepare"]
+    result = prepare_in(tmp_path, export, params)
+    assert result.returncode == 0, result.stderr
+
+    metrics = metrics_of(tmp_path)
+    # every resubmission differs from its first copy only in case and whitespace: all dropped
+    assert metrics["input_rows"] == len(export) and metrics["duplicates_dropped"] > 50
+    assert metrics["duplicates_dropped"] == len(export) - len(tickets)
+    assert metrics["tickets"]["total"] == prepare["max_tickets"]
+    records = [r for s in split_records(tmp_path).values() for r in s]
+    assert all(re.fullmatch(r"T[0-9a-f]{12}", r["id"]) for r in records)
+    assert records[0]["tasks"] == ["team", "reply"]
+    assert min(len(r["answers"]["reply"].split()) for r in records) > 90  # long answers
+    labels = json.loads((tmp_path / "data/prepared/labels.json").read_text())
+    assert labels == {"team": sorted(set(make_export.TEAMS.values()))}
