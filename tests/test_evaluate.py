@@ -150,6 +150,30 @@ def test_a_ticket_answer_is_split_into_tasks() -> None:
     assert [o.finish_reason for o in outcomes] == ["stop", "length", "length"]
 
 
+def test_a_reply_of_several_paragraphs_keeps_to_its_line_and_reads_back_exactly() -> None:
+    """An agent's reply with line breaks (and a backslash) in the ticket layout: the training
+    answer has one line per task, fits the served constraint, and parses back to the gold."""
+    import re
+
+    reply = "Hello,\n\nsee C:\\temp\\n.txt, then\r\nrestart.\n"
+    tasks = {
+        "team": {"kind": "classification", "instruction": "the team"},
+        "reply": {"kind": "generation", "instruction": "the first reply"},
+    }
+    labels = {"team": ["billing", "engineering"]}
+    (rec,) = records.records_for_ticket(
+        "T1", "Subject: x", {"team": "billing", "reply": reply}, tasks, labels, "", "ticket"
+    )
+    assert rec["output"].count("\n") == 1 and rec["answers"]["reply"] == reply
+    structured, _ = records.constraint(rec["tasks"], labels, 64)
+    assert re.fullmatch(structured["regex"], rec["output"])
+    assert records.parse_answer(rec["output"], rec["tasks"]) == {
+        "team": "billing",
+        "reply": reply,
+    }
+    assert records.one_line_read("a \\x b") == "a \\x b"  # other backslashes stay
+
+
 def test_classification_scores_follow_the_baseline_convention() -> None:
     from sklearn.metrics import f1_score
 

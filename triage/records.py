@@ -16,7 +16,9 @@ Two layouts, chosen by `prepare.records`:
   The ticket text is read once instead of once per task: about a third of the tokens per
   ticket, hence three times the tickets per training minute. Served, the answer is
   constrained to this shape with a regular expression (classification lines to their
-  label set).
+  label set). An answer that spans lines (an agent's reply of several paragraphs) is kept
+  on its line with its line breaks written `\\n` (and a backslash `\\\\`), and read back
+  unescaped, so the model learns and scores the real text.
 - `task`: one record per (ticket, task), the classic multi-task layout; the answer is the
   bare label or text.
 
@@ -46,11 +48,23 @@ def instruction(names: list[str], tasks: dict[str, Any], labels: dict[str, list[
     return "\n".join(f"{n}: {task_instruction(tasks[n], labels.get(n))}" for n in names)
 
 
+def one_line(text: str) -> str:
+    """`text` on one line: backslash, line feed and carriage return escaped (one_line_read
+    undoes it exactly)."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def one_line_read(text: str) -> str:
+    """The text one_line escaped; a backslash before anything else stays as it is."""
+    return re.sub(r"\\([\\nr])", lambda m: {"\\": "\\", "n": "\n", "r": "\r"}[m[1]], text)
+
+
 def answer_text(answers: dict[str, str]) -> str:
-    """The assistant's answer: the bare answer for one task, `name: answer` lines for more."""
+    """The assistant's answer: the bare answer for one task, `name: answer` lines for more
+    (each answer on its one line, one_line)."""
     if len(answers) == 1:
         return next(iter(answers.values()))
-    return "\n".join(f"{name}: {value}" for name, value in answers.items())
+    return "\n".join(f"{name}: {one_line(value)}" for name, value in answers.items())
 
 
 def record(
@@ -153,7 +167,7 @@ def parse_answer(content: str | None, names: list[str]) -> dict[str, str | None]
     for line in content.splitlines():
         name, sep, value = line.partition(":")
         if sep and name.strip() in found and found[name.strip()] is None:
-            found[name.strip()] = value.strip()
+            found[name.strip()] = one_line_read(value.strip())
     return found
 
 
