@@ -17,9 +17,14 @@ import os
 import sys
 from pathlib import Path
 
-import httpx
-
-from triage.client import remote_endpoint, request_body, stage_budgets
+from triage.client import (
+    Endpoint,
+    ServerGone,
+    check_eval_params,
+    remote_endpoint,
+    send_all,
+    stage_budgets,
+)
 from triage.files import run_main
 from triage.params import PipelineError, load_params
 from triage.prepared import PREPARED
@@ -54,17 +59,18 @@ def chat(text: str) -> None:
     labels = {name: values for name, values in labels.items() if values}
     layout = (params.get("prepare") or {}).get("records", "ticket")
     gold = dict.fromkeys(tasks, "")  # a request: no gold answers
+    endpoint = Endpoint(url, headers, model)
+    send_cfg = {**check_eval_params(cfg), "concurrency": 1}
     system = params["default_system"]
     for rec in records_for_ticket("chat", text, gold, tasks, labels, system, layout):
         budgets = stage_budgets(params, model_folder(BASE))
-        body = request_body(rec, model, labels, budgets)
         try:
-            r = httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=120)
-        except httpx.HTTPError as e:
-            raise PipelineError(f"{url}: not reachable ({type(e).__name__}): is it running?") from e
-        if r.status_code != 200:
-            raise PipelineError(f"{url}: HTTP {r.status_code}: {r.text[:300]}")
-        content = r.json()["choices"][0]["message"]["content"]
+            (outcome,), _ = send_all([rec], labels, endpoint, send_cfg, budgets, progress=False)
+        except ServerGone as e:
+            raise PipelineError(f"{url}: not reachable ({e}): is it running?") from None
+        if outcome.error:
+            raise PipelineError(f"{url}: {outcome.error}")
+        content = outcome.content or ""
         for name, value in parse_answer(content, rec["tasks"]).items():
             print(f"{name}: {value}")
 

@@ -1,8 +1,8 @@
 """The evaluate stage's client of an OpenAI-compatible server: request bodies, budgets, sending.
 
 `send_all` sends every record to `/v1/chat/completions` with at most `evaluate.concurrency`
-requests in flight (asyncio + httpx); connection errors, 429 and 5xx are retried with
-exponential backoff (`evaluate.retries`); a request that times out
+requests in flight, through the `openai` client (asyncio); connection errors, 429 and 5xx are
+retried by tenacity with exponential backoff (`evaluate.retries`); a request that times out
 (`evaluate.request_timeout_s`) or still fails becomes an `Outcome` with an error, never a
 hang, and a server that stops answering raises `ServerGone`. The evaluate stage, `make chat`
 (triage/chat.py) and the benchmarks build their requests with `request_body`, so all three
@@ -15,7 +15,6 @@ import asyncio
 import functools
 import math
 import os
-import random
 import sys
 import time
 from collections.abc import Callable
@@ -23,7 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+from openai import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AsyncOpenAI,
+    AuthenticationError,
+    OpenAI,
+    OpenAIError,
+    PermissionDeniedError,
+)
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from triage.params import PipelineError, param_integer, param_positive
 from triage.prepared import PREPARED, read_split
@@ -172,75 +181,94 @@ class Endpoint:
     check: Callable[[], None] | None = None  # raises if the server died (own server only)
 
 
-async def post_chat(
-    client: httpx.AsyncClient, body: dict[str, Any], cfg: dict[str, Any]
-) -> Outcome:
-    """POST one request with retries; errors become an Outcome, except a vanished server."""
+def transient(error: BaseException) -> bool:
+    """Worth another attempt: a refused or broken connection, 429 or 5xx. Not a timeout (a
+    server that did not answer within evaluate.request_timeout_s would cost as much again)
+    and not another 4xx (a request the server rejects will not improve)."""
+    if isinstance(error, APITimeoutError | TimeoutError):
+        return False
+    if isinstance(error, APIConnectionError):
+        return True
+    return isinstance(error, APIStatusError) and (
+        error.status_code == 429 or error.status_code >= 500
+    )
+
+
+async def post_chat(client: AsyncOpenAI, body: dict[str, Any], cfg: dict[str, Any]) -> Outcome:
+    """One request through the openai client, retried by tenacity (`transient` errors,
+    exponential backoff with jitter); errors become an Outcome, except a vanished server."""
     timeout_s, retries = float(cfg["request_timeout_s"]), int(cfg["retries"])
-    started = time.monotonic()
-    last_error, refused = "", False
-    for attempt in range(retries + 1):
-        if attempt:
-            delay = min(BACKOFF_S * 2 ** (attempt - 1), BACKOFF_MAX_S)
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-        try:
-            async with asyncio.timeout(timeout_s):
-                r = await client.post("/v1/chat/completions", json=body)
-        except (TimeoutError, httpx.TimeoutException):
-            return Outcome(
-                latency_s=time.monotonic() - started,
-                error=f"timeout after {timeout_s:g} s (evaluate.request_timeout_s)",
-                attempts=attempt + 1,
-                unanswered=True,
-            )
-        except httpx.TransportError as e:  # refused, reset, disconnected: transient
-            last_error = f"{type(e).__name__}: {e}".rstrip(": ")
-            refused = isinstance(e, httpx.ConnectError)
-            continue
-        refused = False
-        if r.status_code == 429 or r.status_code >= 500:
-            last_error = f"HTTP {r.status_code}: {r.text[:200]}"
-            continue
+    request = {k: v for k, v in body.items() if k != "structured_outputs"}
+    if "structured_outputs" in body:  # vLLM's extension of the OpenAI API
+        request["extra_body"] = {"structured_outputs": body["structured_outputs"]}
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(retries + 1),
+        wait=wait_exponential_jitter(initial=BACKOFF_S, max=BACKOFF_MAX_S, jitter=BACKOFF_S),
+        retry=retry_if_exception(transient),
+        reraise=True,
+    )
+    started, attempts = time.monotonic(), 0
+
+    def failed(error: str, unanswered: bool = False) -> Outcome:
         elapsed = time.monotonic() - started
-        if r.status_code != 200:  # a request the server rejects will not improve with retries
-            return Outcome(
-                latency_s=elapsed,
-                error=f"HTTP {r.status_code}: {r.text[:300]}",
-                attempts=attempt + 1,
-            )
-        try:
-            data = r.json()
-            choice = data["choices"][0]
-            content = choice["message"]["content"] or ""
-        except (ValueError, KeyError, IndexError, TypeError) as e:
-            return Outcome(latency_s=elapsed, error=f"bad response: {e!r}", attempts=attempt + 1)
-        usage = data.get("usage") or {}
-        return Outcome(
-            content=content,
-            finish_reason=choice.get("finish_reason"),
-            output_tokens=int(usage.get("completion_tokens") or 0),
-            latency_s=elapsed,
-            attempts=attempt + 1,
-        )
-    if refused:
-        raise ServerGone(last_error)
+        return Outcome(latency_s=elapsed, error=error, attempts=attempts, unanswered=unanswered)
+
+    try:
+        async for attempt in retrying:
+            with attempt:
+                attempts = attempt.retry_state.attempt_number
+                async with asyncio.timeout(timeout_s):  # the whole attempt, however it trickles
+                    completion = await client.chat.completions.create(**request)
+    except (TimeoutError, APITimeoutError):
+        return failed(f"timeout after {timeout_s:g} s (evaluate.request_timeout_s)", True)
+    except APIConnectionError as e:  # refused, reset, disconnected, after every retry
+        cause = e.__cause__ or e
+        error = f"{type(cause).__name__}: {cause}".rstrip(": ")
+        if type(cause).__name__ == "ConnectError":
+            raise ServerGone(error) from None
+        return failed(f"{error} (after {retries} retries)", unanswered=True)
+    except APIStatusError as e:
+        error = f"HTTP {e.status_code}: {e.response.text[:300]}"
+        return failed(f"{error} (after {retries} retries)" if transient(e) else error)
+    except OpenAIError as e:  # an answer the client cannot read as a chat completion
+        return failed(f"bad response: {e}")
+    try:
+        choice = completion.choices[0]
+        content = choice.message.content or ""
+    except (AttributeError, IndexError, TypeError) as e:
+        return failed(f"bad response: {e!r}")
+    usage = completion.usage
     return Outcome(
+        content=content,
+        finish_reason=choice.finish_reason,
+        output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
         latency_s=time.monotonic() - started,
-        error=f"{last_error} (after {retries} retries)",
-        attempts=retries + 1,
-        unanswered=last_error.startswith(("ConnectError", "RemoteProtocolError", "ReadError")),
+        attempts=attempts,
+    )
+
+
+def api_key(endpoint_headers: dict[str, str]) -> str:
+    """The bearer token of the headers ("EMPTY", vLLM's convention, for a server without one)."""
+    return endpoint_headers.get("Authorization", "").removeprefix("Bearer ") or "EMPTY"
+
+
+def openai_client(endpoint: Endpoint, timeout_s: float) -> AsyncOpenAI:
+    """The async client of the endpoint. Retries are post_chat's (tenacity), so none here;
+    the client's own timeout is only a backstop to the per-attempt one."""
+    return AsyncOpenAI(
+        base_url=endpoint.url + "/v1",
+        api_key=api_key(endpoint.headers),
+        max_retries=0,
+        timeout=timeout_s,
     )
 
 
 async def _send_all(
-    bodies: list[dict[str, Any]], endpoint: Endpoint, cfg: dict[str, Any]
+    bodies: list[dict[str, Any]], endpoint: Endpoint, cfg: dict[str, Any], progress: bool = True
 ) -> list[Outcome]:
     from tqdm import tqdm
 
     concurrency = int(cfg["concurrency"])
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    # asyncio.timeout in post_chat is the authority; httpx's own only as a backstop
-    timeout = httpx.Timeout(float(cfg["request_timeout_s"]) + 5, connect=10)
     slots = asyncio.Semaphore(concurrency)
     outcomes: list[Outcome] = [Outcome() for _ in bodies]
     give_up_after = 2 * concurrency + 2  # unanswered requests in a row (no answer between)
@@ -260,14 +288,19 @@ async def _send_all(
             check()  # raises PipelineError (with the server log tail) once the server is dead
             await asyncio.sleep(0.5)
 
-    async with httpx.AsyncClient(
-        base_url=endpoint.url, headers=endpoint.headers, timeout=timeout, limits=limits
-    ) as client:
+    async with openai_client(endpoint, float(cfg["request_timeout_s"]) + 5) as client:
         requests = {asyncio.create_task(one(i)) for i in range(len(bodies))}
         pending = set(requests)
         if endpoint.check is not None:
             pending.add(asyncio.create_task(watch(endpoint.check)))
-        bar = tqdm(total=len(bodies), desc="evaluate", unit="req", file=sys.stderr, mininterval=1)
+        bar = tqdm(
+            total=len(bodies),
+            desc="evaluate",
+            unit="req",
+            file=sys.stderr,
+            mininterval=1,
+            disable=not progress,
+        )
         try:
             while pending & requests:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -288,32 +321,38 @@ def send_all(
     endpoint: Endpoint,
     cfg: dict[str, Any],
     budgets: dict[str, int],
+    progress: bool = True,
 ) -> tuple[list[Outcome], float]:
     """Send every record; returns the outcomes (in record order) and the wall time.
-    `budgets`: max_tokens per generation task (stage_budgets)."""
+    `budgets`: max_tokens per generation task (stage_budgets); `progress`: a tqdm bar."""
     bodies = [request_body(r, endpoint.model, labels, budgets) for r in records]
     started = time.monotonic()
-    outcomes = asyncio.run(_send_all(bodies, endpoint, cfg))
+    outcomes = asyncio.run(_send_all(bodies, endpoint, cfg, progress))
     return outcomes, time.monotonic() - started
 
 
 def remote_model(url: str, headers: dict[str, str], preferred: str | None, key_env: str) -> str:
     """The model name to request from a running server (evaluate.base_url)."""
+    client = OpenAI(base_url=url + "/v1", api_key=api_key(headers), max_retries=0, timeout=30)
     try:
-        r = httpx.get(url + "/v1/models", headers=headers, timeout=30)
-    except httpx.HTTPError as e:
-        raise PipelineError(f"evaluate.base_url {url}: not reachable ({type(e).__name__})") from e
-    if r.status_code in (401, 403):
+        names = [m.id for m in client.models.list()]
+    except (AuthenticationError, PermissionDeniedError) as e:
         raise PipelineError(
-            f"evaluate.base_url {url}: API key refused (HTTP {r.status_code}); "
+            f"evaluate.base_url {url}: API key refused (HTTP {e.status_code}); "
             f"export it in ${key_env} (evaluate.api_key_env)"
-        )
-    try:
-        names = [m["id"] for m in r.json()["data"]] if r.status_code == 200 else []
-    except (ValueError, KeyError, TypeError):
-        names = []
+        ) from e
+    except APIStatusError as e:
+        raise PipelineError(
+            f"evaluate.base_url {url}: /v1/models answered HTTP {e.status_code}"
+        ) from e
+    except APIConnectionError as e:
+        raise PipelineError(
+            f"evaluate.base_url {url}: not reachable ({type(e.__cause__ or e).__name__})"
+        ) from e
+    except OpenAIError as e:  # an answer that is not a model list
+        raise PipelineError(f"evaluate.base_url {url}: /v1/models: {e}") from e
     if not names:
-        raise PipelineError(f"evaluate.base_url {url}: /v1/models answered HTTP {r.status_code}")
+        raise PipelineError(f"evaluate.base_url {url}: /v1/models lists no model")
     if preferred in names:
         return preferred
     if len(names) == 1:

@@ -25,7 +25,7 @@ import numpy as np
 from triage.files import write_text
 from triage.records import parse_answer
 
-if TYPE_CHECKING:  # the client (httpx) is no import of the baseline stage or the PR report
+if TYPE_CHECKING:  # the client (openai) is no import of the baseline stage or the PR report
     from triage.client import Outcome
 
 BOOTSTRAP_SAMPLES = 1000
