@@ -8,11 +8,11 @@ as the baseline's are. Where the work is done:
 - triage/answers.py: the answers, from the running server or from a vLLM server started and
   always stopped here (triage/server.py: start-up, health, shutdown of every process);
 - triage/client.py: the requests, built by triage/records.py exactly as prepare built the
-  training records (temperature 0, the answer constrained to the record's shape and label
-  sets, `max_tokens` per generation task), `evaluate.concurrency` in flight, retries with
-  backoff; a request that times out or still fails is an error in the metrics, never a hang;
-- triage/scoring.py: per task accuracy, macro-F1 and invalid rate, or ROUGE, with bootstrap
-  intervals; latency and throughput; confusion plots; per-ticket predictions.
+  training records (temperature 0, answers constrained to the record's shape and label sets,
+  `max_tokens` per generation task), retried on transient errors; a request that times out
+  or still fails is an error in the metrics, never a hang;
+- triage/scoring.py: accuracy, macro-F1, invalid rate or ROUGE per task, bootstrap intervals,
+  latency and throughput, confusion plots, per-ticket predictions.
 
 Outputs: `metrics/eval.json` (the headlines `dvc metrics diff` shows), `metrics/eval_report.json`
 (scikit-learn's per-class report, not diffed), `metrics/confusion/<task>.csv` (DVC's confusion
@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import signal
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from triage.answers import from_own_server, from_remote
 from triage.client import check_eval_params, stage_budgets
-from triage.files import atomic_dir, write_json, write_text
+from triage.files import atomic_dir, run_main, write_json, write_text
 from triage.params import PipelineError, load_params
 from triage.prepared import read_inputs
 from triage.scoring import (
@@ -138,25 +136,14 @@ def main(argv: list[str] | None = None) -> None:
         )
     if args.tickets is not None and args.tickets < 1:
         parser.error("--tickets: give a positive number of tickets")
-    try:
-        params = load_params()
-        if args.serve:
-            params["evaluate"] = {**params["evaluate"], "serve": args.serve, "base_url": None}
-        if args.dtype:
-            params["serve"] = {**params["serve"], "dtype": args.dtype}
-        out = Outputs.named(args.model or MODEL, args.name) if args.name else Outputs()
-        run(params, out, args.tickets)
-    except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP while the server ran
-        signum = getattr(e, "signum", signal.SIGINT)
-        print(
-            f"error: interrupted ({signal.Signals(signum).name}); vLLM server stopped",
-            file=sys.stderr,
-        )
-        sys.exit(128 + signum)
+    params = load_params()
+    if args.serve:
+        params["evaluate"] = {**params["evaluate"], "serve": args.serve, "base_url": None}
+    if args.dtype:
+        params["serve"] = {**params["serve"], "dtype": args.dtype}
+    out = Outputs.named(args.model or MODEL, args.name) if args.name else Outputs()
+    run(params, out, args.tickets)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, stopped="vLLM server stopped")

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -73,12 +74,19 @@ def write_yaml(path: str | Path, obj: Any, header: str = "") -> None:
     write_text(path, header + body)
 
 
-def run_main(main: Callable[[], None]) -> None:
-    """Run a stage's main(): a PipelineError becomes one clear line on stderr and exit 1.
-    The stage ends with its parent (`dvc repro` killed outright does not stop it)."""
+def run_main(main: Callable[[], None], stopped: str = "") -> None:
+    """Run a stage's main(): a PipelineError becomes one clear line on stderr and exit 1;
+    Ctrl-C, SIGTERM or SIGHUP one line (`stopped` says what was cleaned up) and exit
+    128 + the signal, as a shell reports it. The stage ends with its parent (`dvc repro`
+    killed outright does not stop it)."""
     die_with_parent()
     try:
         main()
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt as e:  # Ctrl-C, or signals.Terminated while a child ran
+        signum = getattr(e, "signum", signal.SIGINT)
+        name = signal.Signals(signum).name
+        print(f"error: interrupted ({name}){'; ' + stopped if stopped else ''}", file=sys.stderr)
+        sys.exit(128 + signum)
