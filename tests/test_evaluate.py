@@ -197,11 +197,19 @@ def test_classification_scores_follow_the_baseline_convention() -> None:
 def test_bad_evaluate_params_fail_in_one_line() -> None:
     cfg = dict(PARAMS["evaluate"])
     client.check_eval_params(cfg)
-    with pytest.raises(PipelineError, match="evaluate.concurrency: expected an integer >= 1"):
+    with pytest.raises(
+        PipelineError,
+        match="params.yaml evaluate.concurrency: Input should be greater than or equal to 1, got 0",
+    ):
         client.check_eval_params({**cfg, "concurrency": 0})
-    with pytest.raises(PipelineError, match="evaluate.base_url: expected null or a URL"):
+    with pytest.raises(
+        PipelineError, match="params.yaml evaluate.base_url: String should match pattern"
+    ):
         client.check_eval_params({**cfg, "base_url": "localhost:8000"})
-    with pytest.raises(PipelineError, match="evaluate.serve: expected merged or adapter"):
+    with pytest.raises(
+        PipelineError,
+        match="params.yaml evaluate.serve: Input should be 'merged' or 'adapter', got 'lora'",
+    ):
         client.check_eval_params({**cfg, "serve": "lora"})
     with pytest.raises(SystemExit):  # argparse: a second model's answers need their own name
         evaluate.main(["--serve", "adapter"])

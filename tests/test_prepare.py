@@ -178,7 +178,7 @@ ERROR_CASES = [
     case(
         "unknown_duplicates_policy",
         CSV,
-        "params.yaml prepare.duplicates: unknown policy 'keep' (expected error or drop)",
+        "params.yaml prepare.duplicates: Input should be 'error' or 'drop', got 'keep'",
         {"duplicates": "keep"},
     ),
     case(
@@ -195,8 +195,8 @@ ERROR_CASES = [
     case(
         "bad_task_kind",
         CSV,
-        "params.yaml tasks.priority.kind: unknown kind 'regression' "
-        "(expected classification or generation)",
+        "params.yaml tasks.priority.kind: Input should be 'classification' or 'generation', "
+        "got 'regression'",
         tasks=TASKS | {"priority": TASKS["priority"] | {"kind": "regression"}},
     ),
     case(
@@ -377,7 +377,7 @@ def test_unknown_record_layout_is_an_error(tmp_path: Path) -> None:
     result = prepare_in(tmp_path, make_tickets(), make_params({"records": "row"}))
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        "error: params.yaml prepare.records: unknown layout 'row' (expected ticket or task)"
+        "error: params.yaml prepare.records: Input should be 'ticket' or 'task', got 'row'"
     )
     assert not (tmp_path / "data").exists()
 

@@ -34,7 +34,7 @@ from openai import (
 )
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from triage.params import PipelineError, param_integer, param_positive
+from triage.params import Evaluate, PipelineError, param_integer, validated
 from triage.prepared import PREPARED, read_split
 from triage.records import constraint, messages
 
@@ -48,28 +48,8 @@ class ServerGone(Exception):
 
 
 def check_eval_params(cfg: Any) -> dict[str, Any]:
-    """The `evaluate:` section, checked before a server is started."""
-    if not isinstance(cfg, dict):
-        raise PipelineError("params.yaml: missing section evaluate")
-
-    for key, minimum in (("concurrency", 1), ("retries", 0)):
-        param_integer(cfg.get(key), f"evaluate.{key}", minimum)
-    if cfg.get("max_tokens") is not None:  # null: sized from the training answers
-        param_integer(cfg["max_tokens"], "evaluate.max_tokens", 1)
-    param_positive(cfg.get("request_timeout_s"), "evaluate.request_timeout_s")
-    url = cfg.get("base_url")
-    if url is not None and (
-        not isinstance(url, str) or not url.startswith(("http://", "https://"))
-    ):
-        raise PipelineError(f"params.yaml evaluate.base_url: expected null or a URL, got {url!r}")
-    if cfg.get("serve", "merged") not in ("merged", "adapter"):
-        raise PipelineError(
-            f"params.yaml evaluate.serve: expected merged or adapter, got {cfg['serve']!r}"
-        )
-    if url and not isinstance(cfg.get("api_key_env"), str):
-        raise PipelineError(
-            "params.yaml evaluate.api_key_env: expected an environment variable name"
-        )
+    """The `evaluate:` section (triage/params.py `Evaluate`), checked before a server starts."""
+    validated(Evaluate, cfg, "evaluate")
     return cfg
 
 

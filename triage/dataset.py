@@ -17,18 +17,15 @@ import hashlib
 import io
 import json
 import re
-import string
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from triage.params import PipelineError, param_integer
-from triage.records import LAYOUTS, records_for_ticket
+from triage.params import PipelineError, Prepare, Split, Task, validated
+from triage.records import records_for_ticket
 
 SPLITS = ("train", "validation", "test")
-KINDS = ("classification", "generation")
-DUPLICATES = ("error", "drop")  # prepare.duplicates: what a second copy of a ticket does
 NOT_WORD = re.compile(r"[\W\d_]+")  # near-duplicate key: letters only, digits and punctuation out
 # How LlamaFactory maps our record fields onto an alpaca example (the extra "id" and "task"
 # fields are ignored by LlamaFactory and read by the evaluate stage).
@@ -43,109 +40,28 @@ ALPACA_COLUMNS = {
 # ----------------------------------------------------------------------------- params
 
 
-def fraction(value: Any, name: str, allow_zero: bool = False) -> float:
-    """A params fraction in (0, 1), or [0, 1) where zero means "none"."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or not (0 <= value < 1) or (value == 0 and not allow_zero):
-        raise PipelineError(
-            f"params.yaml {name}: expected a fraction between 0 and 1, got {value!r}"
-        )
-    return float(value)
-
-
 def check_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """Check the `prepare` and `tasks` sections up front, so a typo fails in a second.
+    """Check the `prepare` and `tasks` sections up front (triage/params.py's schema, then what
+    spans sections), so a typo fails in a second.
 
     Returns the prepare section (with `text_template` filled in) and the tasks.
     """
-    prep = params.get("prepare")
-    if not isinstance(prep, dict):
-        raise PipelineError("params.yaml: missing section prepare")
-    for key in ("input", "text_columns"):
-        if not prep.get(key):
-            raise PipelineError(f"params.yaml prepare.{key}: missing")
-    if prep.get("id_column") is not None and not isinstance(prep["id_column"], str):
-        raise PipelineError("params.yaml prepare.id_column: expected a column name or null")
-    if prep.get("duplicates", "error") not in DUPLICATES:
-        raise PipelineError(
-            f"params.yaml prepare.duplicates: unknown policy {prep.get('duplicates')!r} "
-            f"(expected {' or '.join(DUPLICATES)})"
-        )
-    columns = prep["text_columns"]
-    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
-        raise PipelineError("params.yaml prepare.text_columns: expected a list of column names")
-    if prep.get("max_samples") is not None:
-        raise PipelineError("params.yaml prepare.max_samples: renamed to prepare.max_tickets")
-
-    template = prep.get("text_template") or "\n\n".join(f"{{{c}}}" for c in columns)
-    try:
-        fields = [
-            field for _, field, _, _ in string.Formatter().parse(template) if field is not None
-        ]
-    except ValueError as e:  # unbalanced braces
-        raise PipelineError(
-            f"params.yaml prepare.text_template: {e} (write {{{{ for a brace)"
-        ) from e
-    for field in fields:
-        if field not in columns:
-            raise PipelineError(
-                f"params.yaml prepare.text_template: unknown placeholder {{{field}}} "
-                f"(placeholders are the text_columns: {', '.join(columns)})"
-            )
-
+    prep = validated(Prepare, params.get("prepare"), "prepare")
     tasks = params.get("tasks")
     if not isinstance(tasks, dict) or not tasks:
         raise PipelineError("params.yaml tasks: expected a mapping of task name -> task")
     for name, task in tasks.items():
-        where = f"params.yaml tasks.{name}"
-        if not isinstance(task, dict):
-            raise PipelineError(f"{where}: expected a mapping with kind, column and instruction")
-        if task.get("kind") not in KINDS:
-            raise PipelineError(
-                f"{where}.kind: unknown kind {task.get('kind')!r} (expected {' or '.join(KINDS)})"
-            )
-        for key in ("column", "instruction"):
-            if not isinstance(task.get(key), str) or not task[key].strip():
-                raise PipelineError(f"{where}.{key}: missing")
-        labels = task.get("labels")
-        if task["kind"] == "generation" and (
-            labels is not None or "{labels}" in task["instruction"]
-        ):
-            raise PipelineError(f"{where}: a generation task has no labels")
-        if labels is not None:
-            # YAML reads yes/no/on/off as booleans: they must be quoted to be labels.
-            if (
-                not isinstance(labels, list)
-                or not labels
-                or any(isinstance(v, bool) or not isinstance(v, str | int) for v in labels)
-            ):
-                raise PipelineError(
-                    f"{where}.labels: expected null or a list of labels (quote yes/no)"
-                )
-            if len(set(map(str, labels))) != len(labels):
-                raise PipelineError(f"{where}.labels: a label is listed twice")
-
+        validated(Task, task, f"tasks.{name}")
     for key in ("stratify", "balance"):  # params that name a classification task
-        name = prep.get(key)
+        name = getattr(prep, key)
         if name is not None and (tasks.get(name) or {}).get("kind") != "classification":
             raise PipelineError(
                 f"params.yaml prepare.{key}: {name!r} is not a classification task of tasks"
             )
-    if prep.get("records", "ticket") not in LAYOUTS:
-        raise PipelineError(
-            f"params.yaml prepare.records: unknown layout {prep.get('records')!r} "
-            f"(expected {' or '.join(LAYOUTS)})"
-        )
-    fraction(prep.get("test_size"), "prepare.test_size")
-    fraction(params.get("val_size", 0), "val_size", allow_zero=True)
-    if prep["test_size"] + params.get("val_size", 0) >= 1:
+    split = validated(Split, params, "")
+    if prep.test_size + split.val_size >= 1:
         raise PipelineError("params.yaml prepare.test_size + val_size: nothing left to train on")
-    param_integer(prep.get("max_chars"), "prepare.max_chars", 1)
-    param_integer(prep.get("min_per_class"), "prepare.min_per_class", 2)  # stratifying needs 2
-    param_integer(params.get("seed"), "seed", 0)
-    if prep.get("max_tickets") is not None:
-        param_integer(prep["max_tickets"], "prepare.max_tickets", 1)
-    return {**prep, "text_template": template}, tasks
+    return {**params["prepare"], "text_template": prep.text_template}, tasks
 
 
 def stop_if(problems: list[str]) -> None:

@@ -47,13 +47,7 @@ import psutil
 
 from triage.files import write_text
 from triage.machine import ROOT, cpu_has_bf16, serve_python
-from triage.params import (
-    PipelineError,
-    load_params,
-    model_name_or_path,
-    param_integer,
-    param_positive,
-)
+from triage.params import PipelineError, Serve, load_params, model_name_or_path, validated
 from triage.records import training_chat_template
 from triage.signals import Terminated, raise_terminated
 
@@ -166,18 +160,9 @@ def serving_dtype(dtype: str | None) -> str:
 
 
 def check_serve_params(params: Any) -> dict[str, Any]:
-    """The `serve:` section, checked up front so that a typo fails in a second."""
-    if not isinstance(params, dict):
-        raise PipelineError("params.yaml: missing section serve")
-    for key in ("max_model_len", "max_num_seqs"):
-        param_integer(params.get(key), f"serve.{key}", 1)
-    port = params.get("port")
-    if port is not None and (not isinstance(port, int) or not 0 < port < 65536):
-        raise PipelineError(f"params.yaml serve.port: expected null or a TCP port, got {port!r}")
-    for key in ("startup_timeout_s", "cpu_kvcache_space_gib"):
-        param_positive(params.get(key, 1), f"serve.{key}")
-    if params.get("cpu_num_of_reserved_cpu") is not None:
-        param_integer(params["cpu_num_of_reserved_cpu"], "serve.cpu_num_of_reserved_cpu", 0)
+    """The `serve:` section (triage/params.py `Serve`), checked up front: a typo fails in a
+    second, not after the server's start-up."""
+    validated(Serve, params, "serve")
     return params
 
 
