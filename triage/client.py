@@ -183,7 +183,7 @@ async def post_chat(client: AsyncOpenAI, body: dict[str, Any], cfg: dict[str, An
         request["extra_body"] = {"structured_outputs": body["structured_outputs"]}
     retrying = AsyncRetrying(
         stop=stop_after_attempt(retries + 1),
-        wait=wait_exponential_jitter(initial=BACKOFF_S, max=BACKOFF_MAX_S, jitter=BACKOFF_S),
+        wait=wait_exponential_jitter(multiplier=BACKOFF_S, max=BACKOFF_MAX_S, jitter=BACKOFF_S),
         retry=retry_if_exception(transient),
         reraise=True,
     )
