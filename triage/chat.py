@@ -62,8 +62,8 @@ def chat(text: str) -> None:
     endpoint = Endpoint(url, headers, model)
     send_cfg = {**check_eval_params(cfg), "concurrency": 1}
     system = params["default_system"]
+    budgets = stage_budgets(params, model_folder(BASE))  # once: sizing may load a tokenizer
     for rec in records_for_ticket("chat", text, gold, tasks, labels, system, layout):
-        budgets = stage_budgets(params, model_folder(BASE))
         try:
             (outcome,), _ = send_all([rec], labels, endpoint, send_cfg, budgets, progress=False)
         except ServerGone as e:
