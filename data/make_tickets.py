@@ -22,7 +22,10 @@ Determinism: all randomness from one `random.Random(seed)`, the templates in fil
 lists and mappings keep it), no set/hash order, `csv.writer` with "\\n" line endings and UTF-8,
 so the same templates, seed and n give the same bytes. A template edit changes the tickets:
 regenerate data/raw/tickets.csv and commit both. Needs PyYAML (requirements/pipeline.txt).
-Columns: id, subject, body, category, priority, summary.
+Columns: id, subject, body, category, priority, summary, template. `template` names the
+(body, summary) case a ticket was made from (`billing/0/2`: category, intent and case by
+position; `ambiguous/1/0` for the ambiguous pools), so `prepare.group_column: template`
+can test on cases never trained on instead of on new fillings of seen ones.
 """
 
 from __future__ import annotations
@@ -422,19 +425,22 @@ def signature(s: Slots, rng: random.Random) -> str:
     return first[0]
 
 
-def make_ticket(category: str, rng: random.Random) -> tuple[str, str, str, str, str]:
-    """Return (subject, body, category, priority, summary) for a ticket of `category`."""
+def make_ticket(category: str, rng: random.Random) -> tuple[str, str, str, str, str, str]:
+    """Return (subject, body, category, priority, summary, template) for a ticket of `category`."""
     ambiguous = [it for it in AMBIGUOUS if category in it.labels]
     if ambiguous and rng.random() < AMBIGUOUS_RATE:
         intent = rng.choice(ambiguous)
+        family = f"ambiguous/{AMBIGUOUS.index(intent)}"
     else:
         intent = rng.choice(INTENTS[category])
+        family = f"{category}/{INTENTS[category].index(intent)}"
     s = Slots(rng)
     level = rng.choices(range(4), weights=intent.prio)[0]
 
     vague = rng.random() < VAGUE_SUBJECT_RATE
     subject = rng.choice(VAGUE_SUBJECTS if vague else intent.subjects).format_map(s)
     body_tpl, summary_tpl = rng.choice(intent.cases)
+    template = f"{family}/{intent.cases.index((body_tpl, summary_tpl))}"
     core = body_tpl.format_map(s)
     summary = summary_tpl.format_map(s)
 
@@ -498,13 +504,13 @@ def make_ticket(category: str, rng: random.Random) -> tuple[str, str, str, str, 
     label = category
     if rng.random() < CATEGORY_NOISE:
         label = rng.choice(NEIGHBOURS[category])
-    return subject, body, label, LEVELS[level], summary
+    return subject, body, label, LEVELS[level], summary, template
 
 
 def generate(n: int, seed: int) -> list[list[str]]:
     """All rows (header first); bodies, hence (subject, body) pairs, are unique."""
     rng = random.Random(seed)
-    rows = [["id", "subject", "body", "category", "priority", "summary"]]
+    rows = [["id", "subject", "body", "category", "priority", "summary", "template"]]
     seen: set[str] = set()  # bodies so far (membership only, never iterated)
     for i, category in enumerate(category_plan(n, rng), start=1):
         for _ in range(1000):  # an exact repeat would leak across train/test splits

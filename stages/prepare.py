@@ -3,8 +3,9 @@
 Reads `prepare.input` (CSV, JSONL or Parquet; which column is what comes from params.yaml,
 so another export needs a params change only), checks every row, splits the *tickets* into
 train / validation / test (stratified on `prepare.stratify`, else on the first
-classification task; seeded) and writes alpaca records to `data/prepared/` (one per ticket
-answering every task, or one per (ticket, task): `prepare.records`, see triage/records.py),
+classification task; seeded; whole groups of `prepare.group_column` if set) and writes
+alpaca records to `data/prepared/` (one per ticket answering every task, or one per
+(ticket, task): `prepare.records`, see triage/records.py),
 with the `dataset_info.json` LlamaFactory reads. The reading, checking, splitting and
 record-writing machinery is triage/dataset.py. Splitting tickets rather than records keeps
 every task of a ticket on one side, so no test ticket was seen in training under another
@@ -27,6 +28,7 @@ from triage.dataset import (
     check_params,
     data_metrics,
     dataset_info,
+    groups_per_split,
     label_records,
     label_sets,
     make_records,
@@ -60,7 +62,8 @@ def main() -> None:
 
     balance = answers[prep["balance"]] if prep.get("balance") else None
     val_size = params.get("val_size", 0)
-    split = split_tickets(strata, len(tickets), prep, val_size, params["seed"], balance)
+    groups = tickets["group"] if prep.get("group_column") else None
+    split = split_tickets(strata, len(tickets), prep, val_size, params["seed"], balance, groups)
     tickets, answers = tickets.loc[split.index].assign(split=split), answers.loc[split.index]
     check_leakage(tickets, path, prep["text_columns"])
     labels = label_sets(tickets, answers, tasks, path)
@@ -81,6 +84,8 @@ def main() -> None:
     metrics["duplicates_dropped"] = dropped
     metrics["near_duplicates"] = near_duplicates(tickets)
     metrics["targets_seen_in_train"] = targets_seen_in_train(tickets, answers, tasks)
+    if groups is not None:
+        metrics["groups"] = groups_per_split(tickets)
     write_json(METRICS, metrics)
     print(
         f"prepare: {len(tickets)} tickets -> "

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import importlib.util
+import io
 import os
 import re
 import shutil
+import string
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +34,11 @@ def test_committed_tickets_are_the_generator_output(tmp_path: Path) -> None:
 def test_another_seed_gives_other_tickets(tmp_path: Path) -> None:
     a, b = generate(tmp_path, 1, n=300), generate(tmp_path, 2, n=300)
     assert a != b
-    assert a.splitlines()[0] == b.splitlines()[0] == b"id,subject,body,category,priority,summary"
+    assert (
+        a.splitlines()[0]
+        == b.splitlines()[0]
+        == b"id,subject,body,category,priority,summary,template"
+    )
 
 
 def generator():
@@ -85,3 +92,19 @@ def test_malformed_template_names_file_and_key(
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     assert result.returncode == 1 and re.search(error, result.stderr)
     assert "Traceback" not in result.stderr and not (tmp_path / "t.csv").exists()
+
+
+def test_template_column_names_the_case_each_ticket_was_made_from(tmp_path: Path) -> None:
+    """`template` (category or ambiguous / intent / case, by position) is what
+    prepare.group_column splits on: every value must name a case whose summary text the
+    ticket's summary carries, literal parts in order, so one value is one template."""
+    module = generator()
+    rows = list(csv.DictReader(io.StringIO(generate(tmp_path, 3, n=400).decode())))
+    for row in rows:
+        pool, intent, case = row["template"].split("/")
+        intents = module.AMBIGUOUS if pool == "ambiguous" else module.INTENTS[pool]
+        _, summary_template = intents[int(intent)].cases[int(case)]
+        literals = [text for text, *_ in string.Formatter().parse(summary_template) if text]
+        pattern = ".*".join(re.escape(text) for text in literals)
+        assert re.search(pattern, row["summary"], re.DOTALL), (row["template"], row["summary"])
+    assert len({row["template"] for row in rows}) > 50

@@ -57,6 +57,14 @@ def edited(**cells: dict[int, str]) -> pd.DataFrame:
     return frame
 
 
+def threads(count: int = 20, empty_row: int | None = None) -> pd.DataFrame:
+    """The default tickets with a `thread` column of `count` values; one left blank."""
+    frame = make_tickets().assign(thread=[f"thread-{i % count}" for i in range(60)])
+    if empty_row is not None:
+        frame.loc[empty_row - 1, "thread"] = " "
+    return frame
+
+
 def csv_bytes(frame: pd.DataFrame) -> bytes:
     return frame.to_csv(index=False).encode("utf-8")
 
@@ -180,6 +188,25 @@ ERROR_CASES = [
         CSV,
         "params.yaml prepare.duplicates: Input should be 'error' or 'drop', got 'keep'",
         {"duplicates": "keep"},
+    ),
+    case(
+        "missing_group_column",
+        CSV,
+        "tickets.csv: column 'thread' not found (params.yaml prepare.group_column)",
+        {"group_column": "thread"},
+    ),
+    case(
+        "empty_group",
+        csv_bytes(threads(empty_row=6)),
+        "tickets.csv: row 6 (id T0006), column 'thread': empty group (prepare.group_column)",
+        {"group_column": "thread"},
+    ),
+    case(
+        "too_few_groups",
+        csv_bytes(threads(count=3)),
+        "cannot cut prepare.test_size = 0.2 by prepare.group_column from 60 tickets: "
+        "3 groups, at least 5 needed",
+        {"group_column": "thread"},
     ),
     case(
         "not_utf8",
@@ -564,6 +591,30 @@ def test_near_duplicates_across_splits_are_counted(prepared: Path) -> None:
     # make_tickets' summaries come from 12 topics: every test summary was seen in training
     seen = metrics_of(prepared)["targets_seen_in_train"]
     assert seen == {"summary": len(records["test"])}
+
+
+def test_group_column_keeps_each_group_on_one_side(tmp_path: Path) -> None:
+    """prepare.group_column: whole groups (here 20 threads of three tickets, a thread's
+    tickets alike up to their numbers) go to one split, stratified, and data.json counts
+    them; without it the same tickets split one by one and threads cross the split."""
+    frame = make_tickets({"billing": 40, "shipping": 40, "account": 40}, long_rows=())
+    frame["thread"] = [f"{c}-{i // 3}" for i, c in enumerate(sorted(frame["category"]))]
+    frame = frame.sort_values("category", kind="stable").reset_index(drop=True)
+    frame["id"] = [f"T{n:04d}" for n in range(1, len(frame) + 1)]
+    thread_of = dict(zip(frame["id"], frame["thread"], strict=True))
+    sides = {}
+    for name, group_column in (("grouped", "thread"), ("ungrouped", None)):
+        params = make_params({"group_column": group_column})
+        assert prepare_in(tmp_path / name, frame, params).returncode == 0
+        split_of = {r["id"]: s for s, rs in split_records(tmp_path / name).items() for r in rs}
+        sides[name] = pd.Series(split_of).groupby(pd.Series(thread_of)).nunique()
+    assert (sides["grouped"] == 1).all()
+    assert (sides["ungrouped"] > 1).any()
+    metrics = metrics_of(tmp_path / "grouped")
+    assert metrics["groups"]["in_two_splits"] == 0
+    assert sum(metrics["groups"][s] for s in SPLITS) == frame["thread"].nunique()
+    assert all(count > 0 for count in metrics["label_counts"]["category"]["test"].values())
+    assert "groups" not in metrics_of(tmp_path / "ungrouped")
 
 
 def test_the_worked_example_export_prepares_by_its_params_file(tmp_path: Path) -> None:

@@ -3,8 +3,9 @@
 stages/prepare.py reads top to bottom; the work is here: reading CSV, JSONL or Parquet with
 every cell as text (`read_input`), checking every row and turning it into a ticket
 (`build_tickets`: one line naming file, row, id and column for each problem; duplicates),
-splitting tickets, not records (`split_tickets`: stratified and seeded, every prefix of
-the training split stratified or label-balanced, for LlamaFactory's `max_samples`),
+splitting tickets, not records (`split_tickets`: stratified and seeded, whole groups with
+`prepare.group_column`, every prefix of the training split stratified or label-balanced,
+for LlamaFactory's `max_samples`),
 refusing leakage across splits and counting near-duplicates, fixing each classification
 task's label set (`label_sets`), and the records themselves (`make_records`, in the format
 of triage/records.py). `check_params` checks the `prepare` and `tasks` sections up front.
@@ -154,7 +155,8 @@ def build_tickets(
     """Check every row and turn it into a ticket: (tickets, answers, duplicates dropped),
     tickets and answers aligned by index.
 
-    tickets has row (1-based), id (`prepare.id_column`, or made from the text), text
+    tickets has row (1-based), id (`prepare.id_column`, or made from the text), group
+    (`prepare.group_column`'s value, or None), text
     (rendered, truncated), key (whitespace- and case-normalised full text, to find the same
     ticket twice), near_key (letters only: the same ticket with other numbers or
     punctuation) and truncated; answers has one column per task. A second ticket with the
@@ -163,9 +165,12 @@ def build_tickets(
     if frame.empty:
         raise PipelineError(f"{path}: no tickets")
     id_column, text_columns = prep.get("id_column"), prep["text_columns"]
+    group_column = prep.get("group_column")
     needed = {c: "prepare.text_columns" for c in text_columns}
     if id_column is not None:
         needed = {id_column: "prepare.id_column"} | needed
+    if group_column is not None:
+        needed |= {group_column: "prepare.group_column"}
     needed |= {task["column"]: f"tasks.{name}.column" for name, task in tasks.items()}
     missing = [c for c in needed if c not in frame.columns]
     stop_if(
@@ -203,6 +208,11 @@ def build_tickets(
         first_row_of.setdefault("\0" + key, row)
         if not any(parts.values()):
             problems.append(f"{where(path, row, ticket_id, text_columns)}: empty ticket text")
+        group = record[group_column].strip() if group_column else None
+        if group == "":
+            problems.append(
+                f"{where(path, row, ticket_id, group_column)}: empty group (prepare.group_column)"
+            )
         answer = {}
         for name, task in tasks.items():
             value = record[task["column"]].strip()
@@ -223,6 +233,7 @@ def build_tickets(
             {
                 "row": row,
                 "id": ticket_id,
+                "group": group,
                 "text": text[: prep["max_chars"]],
                 "key": key,
                 "near_key": NOT_WORD.sub(" ", key).strip(),
@@ -265,6 +276,7 @@ def split_tickets(
     val_size: float,
     seed: int,
     balance: pd.Series | None = None,
+    groups: pd.Series | None = None,
 ) -> pd.Series:
     """The split of each ticket kept (by index), in the order the records will be written.
 
@@ -274,11 +286,16 @@ def split_tickets(
     input's: LlamaFactory's `max_samples` keeps the *first* N records of a dataset, and that
     should be a sample of every class even if the export is sorted by category (the training
     split is in `stratified_order`, then in `balanced_order` of the `balance` labels).
+
+    With `groups` (`prepare.group_column`) the test and validation cuts take whole groups
+    (`group_cut`), so no group has tickets on two sides; the max_tickets sample does not.
     """
     from sklearn.model_selection import train_test_split  # imported here: errors above come fast
 
     def cut(index: pd.Index, size: float | int, what: str) -> tuple[pd.Index, pd.Index]:
         stratify = None if strata is None else strata.loc[index]
+        if groups is not None and isinstance(size, float):
+            return group_cut(index, size, stratify, groups.loc[index], seed, what)
         try:
             return train_test_split(index, test_size=size, stratify=stratify, random_state=seed)
         except ValueError as e:  # e.g. fewer test tickets than classes
@@ -299,6 +316,39 @@ def split_tickets(
         train = balanced_order(balance.loc[train], seed)
     members = zip(SPLITS, (train, validation, test), strict=True)
     return pd.concat([pd.Series(name, index=ids, dtype=str) for name, ids in members])
+
+
+def group_cut(
+    index: pd.Index,
+    size: float,
+    strata: pd.Series | None,
+    groups: pd.Series,
+    seed: int,
+    what: str,
+) -> tuple[pd.Index, pd.Index]:
+    """(rest, cut) with whole groups in the cut, about `size` of the tickets, stratified.
+
+    scikit-learn's StratifiedGroupKFold into round(1 / size) folds (shuffled, seeded); the
+    first fold is the cut. Its share is 1 / round(1 / size), and a group too large for it
+    makes it larger: a group split approximates the fraction, it cannot hit it.
+    """
+    import warnings
+
+    import numpy as np
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    folds = max(2, round(1 / size))
+    if groups.nunique() < folds:
+        raise PipelineError(
+            f"cannot cut {what} by prepare.group_column from {len(index)} tickets: "
+            f"{groups.nunique()} groups, at least {folds} needed"
+        )
+    labels = np.zeros(len(index)) if strata is None else strata.to_numpy()
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # a class with fewer groups than folds: still a split
+        warnings.filterwarnings("ignore", message="The least populated class")
+        rest, taken = next(splitter.split(np.zeros(len(index)), labels, groups.to_numpy()))
+    return index[rest], index[taken]
 
 
 def stratified_order(strata: pd.Series, seed: int) -> pd.Index:
@@ -361,6 +411,14 @@ def near_duplicates(tickets: pd.DataFrame) -> dict[str, int]:
         f"{split}_in_train": int(in_train[tickets["split"] == split].sum())
         for split in ("validation", "test")
     }
+
+
+def groups_per_split(tickets: pd.DataFrame) -> dict[str, int]:
+    """Distinct groups (prepare.group_column) per split, and how many sit in two splits
+    (0 by construction: the count is there so that a reviewer need not take it on trust)."""
+    sides = tickets.groupby("group")["split"].nunique()
+    per_split = tickets.groupby("split")["group"].nunique()
+    return {s: int(per_split.get(s, 0)) for s in SPLITS} | {"in_two_splits": int((sides > 1).sum())}
 
 
 def targets_seen_in_train(
