@@ -33,6 +33,7 @@ TOY = {
     "prepare.max_tickets": None,
     "prepare.stratify": None,
     "prepare.balance": None,  # the toy data has no priority
+    "prepare.group_column": None,  # nor a template column: each toy ticket stands alone
     "val_size": 0.1,
     "max_samples": None,
     "tasks": {
