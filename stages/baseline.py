@@ -7,11 +7,14 @@ first `max_samples` records of the training split (`tfidf_lora_tickets`), so tha
 model is compared like for like. `majority` always answers the most frequent training
 label. Each generation task gets an extractive answer taken from the ticket itself (its
 first line or first sentence), scored with ROUGE-1/2/L. Scores and their bootstrap
-intervals come from triage/scoring.py, as the evaluate stage's do.
+intervals come from triage/scoring.py, as the evaluate stage's do. Each TF-IDF row's answer
+to every test ticket goes to `data/baseline/predictions.jsonl` (committed, like the evaluate
+stage's), so that the compare stage can pair the two on the same tickets.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -19,11 +22,12 @@ from typing import Any
 import pandas as pd
 
 from triage import scoring
-from triage.files import run_main, write_json
+from triage.files import run_main, write_json, write_text
 from triage.params import PipelineError, load_params
 from triage.prepared import check_tasks, read_labels, read_split
 
 METRICS = Path("metrics/baseline.json")
+PREDICTIONS = Path("data/baseline/predictions.jsonl")
 SUBJECT_LABEL = re.compile(r"^\s*subject\s*:\s*", re.IGNORECASE)  # "Subject: " of the template
 SENTENCE_END = re.compile(r"(?<=[.!?])\s")
 
@@ -53,8 +57,8 @@ def first_sentence(text: str) -> str:
 EXTRACTORS = {"first_line": first_line, "first_sentence": first_sentence}
 
 
-def tfidf(train: pd.DataFrame, test: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
-    """TF-IDF + logistic regression, fitted on train, scored on test."""
+def tfidf(train: pd.DataFrame, test: pd.DataFrame, params: dict[str, Any]) -> list[str]:
+    """TF-IDF + logistic regression, fitted on train: its answers to the test tickets."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
@@ -71,7 +75,7 @@ def tfidf(train: pd.DataFrame, test: pd.DataFrame, params: dict[str, Any]) -> di
             f"baseline: cannot fit on {train['id'].nunique()} training tickets: {e} "
             "(params.yaml baseline, max_samples)"
         ) from e
-    return scoring.classification(test["output"].tolist(), model.predict(test["input"]).tolist())
+    return model.predict(test["input"]).tolist()
 
 
 def majority(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, Any]:
@@ -80,9 +84,9 @@ def majority(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, Any]:
     return scoring.classification(test["output"].tolist(), [label] * len(test))
 
 
-def extractive(test: pd.DataFrame, source: str) -> dict[str, Any]:
-    """An extractive summary from the ticket text, scored against the gold summary."""
-    return scoring.rouge(test["output"].tolist(), [EXTRACTORS[source](t) for t in test["input"]])
+def extractive(test: pd.DataFrame, source: str) -> list[str]:
+    """An extractive summary of each test ticket, taken from its text."""
+    return [EXTRACTORS[source](t) for t in test["input"]]
 
 
 def main() -> None:
@@ -104,23 +108,39 @@ def main() -> None:
 
     rows: dict[str, dict[str, Any]] = {"tfidf_all_tickets": {}, "tfidf_lora_tickets": {}}
     rows["majority"] = {}
+    predictions = []
     for name, task in tasks.items():
         train_task, test_task = train[train["task"] == name], test[test["task"] == name]
+        gold = test_task["output"].tolist()
         if task["kind"] == "classification":
-            rows["tfidf_all_tickets"][name] = tfidf(train_task, test_task, config)
-            rows["tfidf_lora_tickets"][name] = tfidf(
-                lora_train[lora_train["task"] == name], test_task, config
-            )
+            answers = {
+                "tfidf_all_tickets": tfidf(train_task, test_task, config),
+                "tfidf_lora_tickets": tfidf(
+                    lora_train[lora_train["task"] == name], test_task, config
+                ),
+            }
+            for row, predicted in answers.items():
+                rows[row][name] = scoring.classification(gold, predicted)
             rows["majority"][name] = majority(train_task, test_task)
         else:  # extractive: needs no training, the same for both TF-IDF rows
-            scores = extractive(test_task, config["summary_source"])
-            rows["tfidf_all_tickets"][name] = rows["tfidf_lora_tickets"][name] = scores
+            summaries = extractive(test_task, config["summary_source"])
+            answers = dict.fromkeys(("tfidf_all_tickets", "tfidf_lora_tickets"), summaries)
+            rows["tfidf_all_tickets"][name] = rows["tfidf_lora_tickets"][name] = scoring.rouge(
+                gold, summaries
+            )
+        for row, predicted in answers.items():
+            predictions += [
+                {"id": i, "task": name, "model": row, "gold": g, "predicted": p}
+                for i, g, p in zip(test_task["id"], gold, predicted, strict=True)
+            ]
     for row, scores in rows.items():
         for name, s in scores.items():
             shown = ("macro_f1", "accuracy") if "macro_f1" in s else ("rougeL", "rouge1")
             print(f"baseline {row} {name}: " + ", ".join(f"{k} {s[k]:.3f}" for k in shown))
     rows["tfidf_all_tickets"]["train_tickets"] = int(train["id"].nunique())
     rows["tfidf_lora_tickets"]["train_tickets"] = len(lora_ids)
+    lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in predictions]
+    write_text(PREDICTIONS, "".join(lines))
     write_json(METRICS, {**rows, "test_tickets": int(test["id"].nunique())})
 
 

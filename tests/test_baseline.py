@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from stages.baseline import first_line, first_sentence
@@ -17,6 +18,7 @@ from tests.helpers import (
     prepare_in,
     run_stage,
 )
+from triage import scoring
 
 CLASSIFICATION_KEYS = {"accuracy", "accuracy_ci95", "macro_f1", "macro_f1_ci95", "weighted_f1"}
 GENERATION_KEYS = {"rouge1", "rouge2", "rougeL", "rougeL_ci95"}
@@ -33,15 +35,20 @@ def baseline_params(**baseline: object) -> dict:
 
 
 @pytest.fixture(scope="module")
-def metrics(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """metrics/baseline.json of one prepare + baseline run on 120 balanced toy tickets."""
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One prepare + baseline run on 120 balanced toy tickets."""
     folder = tmp_path_factory.mktemp("baseline")
     tickets = make_tickets({"billing": 40, "shipping": 40, "account": 40})
     assert prepare_in(folder, tickets, baseline_params()).returncode == 0
     result = run_stage(folder, "stages.baseline")
     assert result.returncode == 0, result.stderr
     assert "baseline tfidf_all_tickets category: macro_f1" in result.stdout
-    return json.loads((folder / "metrics" / "baseline.json").read_text())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def metrics(workspace: Path) -> dict:
+    return json.loads((workspace / "metrics" / "baseline.json").read_text())
 
 
 def test_metrics_have_every_key_in_range(metrics: dict) -> None:
@@ -76,6 +83,22 @@ def test_majority_answers_one_label(metrics: dict) -> None:
     majority = metrics["majority"]["category"]
     assert majority["accuracy"] == round(1 / 3, 4)  # balanced test split: one class in three
     assert majority["macro_f1"] == round((2 / 4) / 3, 4)  # F1 1/2 on one class of three
+
+
+def test_predictions_are_the_scored_answers(workspace: Path, metrics: dict) -> None:
+    """data/baseline/predictions.jsonl holds each TF-IDF row's answer to every test ticket and
+    task, and scoring those answers gives the metrics the stage wrote."""
+    lines = (workspace / "data" / "baseline" / "predictions.jsonl").read_text().splitlines()
+    rows = pd.DataFrame([json.loads(line) for line in lines])
+    assert len(rows) == 24 * 3 * 2  # test tickets x tasks x TF-IDF rows
+    assert not rows.duplicated(["id", "task", "model"]).any()
+    for (model, task), group in rows.groupby(["model", "task"]):
+        scores = metrics[model][task]
+        if task == "summary":
+            assert scoring.rouge(group["gold"].tolist(), group["predicted"].tolist()) == scores
+        else:
+            right = (group["gold"] == group["predicted"]).mean()
+            assert round(right, 4) == scores["accuracy"]
 
 
 def test_extractive_summaries() -> None:

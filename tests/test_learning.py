@@ -75,6 +75,11 @@ def test_the_pipeline_learns_a_keyword_task(make_workspace, base_workspace: Path
     assert zero_shot["n"] == 30 and zero_shot["accuracy"] <= scores["accuracy"] - 0.3
     table = (ws / "metrics" / "scores.md").read_text()
     assert f"{zero_shot['accuracy']:.3f}" in table.split("base model zero-shot")[1].split("\n")[0]
+    # the paired row: the model minus TF-IDF on the same tickets, from the per-ticket answers
+    tfidf = json.loads((ws / "metrics" / "baseline.json").read_text())["tfidf_lora_tickets"]
+    row = next(line for line in table.splitlines() if line.startswith("| TF-IDF, the same"))
+    delta = float(row.split(" | ")[1].split(" [")[0])
+    assert abs(delta - (scores["macro_f1"] - tfidf["team"]["macro_f1"])) < 0.0015, row
 
     # the adapter served on the base model by vLLM's LoRA support answers as the merged model
     # on the first 12 test tickets (make parity PARITY_TICKETS=12): vLLM's CPU LoRA path is slow
