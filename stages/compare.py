@@ -102,8 +102,8 @@ def delta_cell(pairs: pd.DataFrame, kind: str) -> str:
     if pairs.empty:
         return "-"
     head = pairs["predicted_x"].fillna("").tolist()  # no answer (an error) scores as wrong
-    d = paired_deltas(pairs["gold"].tolist(), pairs["predicted_y"].tolist(), head, kind)
-    d = d[HEADLINE[kind]]
+    base = pairs["predicted_y"].tolist()
+    d = paired_deltas(pairs["gold"].tolist(), base, head, kind)[HEADLINE[kind]]
     low, high = d["delta_ci95"]
     return f"{d['delta']:+.3f} [{low:+.3f}, {high:+.3f}]" + ("" if low <= 0 <= high else " *")
 
@@ -113,20 +113,16 @@ def paired(
 ) -> str:
     """The LoRA model minus each TF-IDF row, per task's headline score, on the test tickets
     both answered (same id, task and gold answer), with a 95 % paired-bootstrap interval."""
-    lines = md_head(
-        ["LoRA minus", *(f"{t} {NAMES[HEADLINE[k['kind']]]}" for t, k in tasks.items())]
-    )
+    header = ["LoRA minus", *(f"{t} {NAMES[HEADLINE[k['kind']]]}" for t, k in tasks.items())]
+    lines = md_head(header)
     tickets = lora["id"].nunique()
     for row, description in trained_on.items():
         both = lora.merge(baseline[baseline["model"] == row], on=["id", "task", "gold"])
         tickets = min(tickets, both["id"].nunique())
         cells = [delta_cell(both[both["task"] == t], k["kind"]) for t, k in tasks.items()]
         lines.append(md_row([f"TF-IDF, {description}", *cells]))
-    return (
-        "\n".join(lines)
-        + f"\n\nOn the {tickets} test tickets both answered; [95 % paired bootstrap]; "
-        "`*`: the interval excludes 0 (beyond noise).\n"
-    )
+    note = f"On the {tickets} test tickets both answered; [95 % paired bootstrap]; `*`: the"
+    return "\n".join(lines) + f"\n\n{note} interval excludes 0 (beyond noise).\n"
 
 
 def splice(readme: Path, text: str) -> None:
