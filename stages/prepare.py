@@ -64,6 +64,7 @@ def main() -> None:
     val_size = params.get("val_size", 0)
     groups = tickets["group"] if prep.get("group_column") else None
     split = split_tickets(strata, len(tickets), prep, val_size, params["seed"], balance, groups)
+    left_out = len(tickets) - len(split)  # by max_tickets, or the rest of the validation groups
     tickets, answers = tickets.loc[split.index].assign(split=split), answers.loc[split.index]
     check_leakage(tickets, path, prep["text_columns"])
     labels = label_sets(tickets, answers, tasks, path)
@@ -82,6 +83,7 @@ def main() -> None:
     metrics = data_metrics(frame, tickets, answers, records, labels)
     metrics["records"]["train_labels"] = len(train_labels)
     metrics["duplicates_dropped"] = dropped
+    metrics["tickets"]["left_out"] = left_out
     metrics["near_duplicates"] = near_duplicates(tickets)
     metrics["targets_seen_in_train"] = targets_seen_in_train(tickets, answers, tasks)
     if groups is not None:

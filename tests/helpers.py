@@ -45,6 +45,7 @@ TEST_PREPARE = {  # the tests' own defaults (the repository's may change)
     "stratify": None,
     "balance": None,
     "group_column": None,
+    "val_groups": None,
 }
 TEST_TOP = {"val_size": 0.1, "seed": 42}
 TASKS = {  # the tests' own instructions (the repository's may change wording)

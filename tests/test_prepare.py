@@ -290,7 +290,8 @@ def test_split_is_by_ticket_with_every_task(prepared: Path) -> None:
         assert all(r["tasks"] == list(TASKS) for r in recs)
     assert ids["train"] != sorted(ids["train"])  # shuffled, not in input order
     metrics = metrics_of(prepared)
-    assert metrics["tickets"] == {"train": 42, "validation": 6, "test": 12, "total": 60}
+    tickets = {"train": 42, "validation": 6, "test": 12, "total": 60, "left_out": 0}
+    assert metrics["tickets"] == tickets
     assert metrics["records"] == {
         "train": 42, "validation": 6, "test": 12, "total": 60, "train_labels": 42,
     }  # fmt: skip
@@ -464,7 +465,8 @@ def test_max_tickets_takes_a_stratified_sample(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     metrics = metrics_of(tmp_path)
     assert metrics["input_rows"] == 60
-    assert metrics["tickets"] == {"train": 21, "validation": 3, "test": 6, "total": 30}
+    tickets = {"train": 21, "validation": 3, "test": 6, "total": 30, "left_out": 30}
+    assert metrics["tickets"] == tickets  # the 30 not sampled are counted as left out
     per_split = metrics["label_counts"]["category"].values()
     kept = {label: sum(counts[label] for counts in per_split) for label in ("account", "billing")}
     assert kept == {"account": 5, "billing": 15}  # half of 10 and of 30
@@ -615,6 +617,30 @@ def test_group_column_keeps_each_group_on_one_side(tmp_path: Path) -> None:
     assert sum(metrics["groups"][s] for s in SPLITS) == frame["thread"].nunique()
     assert all(count > 0 for count in metrics["label_counts"]["category"]["test"].values())
     assert "groups" not in metrics_of(tmp_path / "ungrouped")
+
+
+def test_val_groups_draws_validation_from_several_held_out_groups(tmp_path: Path) -> None:
+    """prepare.val_groups: the validation tickets come a few from each of several groups that
+    are not trained on, instead of one whole group; the rest of those groups is left out."""
+    frame = make_tickets({"billing": 80, "shipping": 80, "account": 80}, long_rows=())
+    frame["thread"] = [f"{c}-{i // 6}" for i, c in enumerate(sorted(frame["category"]))]
+    frame = frame.sort_values("category", kind="stable").reset_index(drop=True)
+    frame["id"] = [f"T{n:04d}" for n in range(1, len(frame) + 1)]
+    thread_of = dict(zip(frame["id"], frame["thread"], strict=True))
+    top = {"val_size": 0.05}  # 12 of 240 tickets: two whole threads without val_groups
+    params = make_params({"group_column": "thread", "val_groups": 6}, **top)
+    assert prepare_in(tmp_path, frame, params).returncode == 0
+    split_of = {r["id"]: s for s, rs in split_records(tmp_path).items() for r in rs}
+    threads = pd.Series(thread_of).loc[list(split_of)]
+    sides = pd.Series(split_of).groupby(threads).nunique()
+    assert (sides == 1).all()  # a validation thread has no ticket in training
+    validation = threads[pd.Series(split_of) == "validation"]
+    assert len(validation) == 12
+    assert validation.nunique() >= 4 and validation.value_counts().max() <= 3  # spread out
+    metrics = metrics_of(tmp_path)
+    assert metrics["tickets"]["left_out"] == len(frame) - len(split_of) > 0
+    assert metrics["tickets"]["total"] == len(split_of)
+    assert metrics["groups"]["validation"] == validation.nunique()
 
 
 def test_the_worked_example_export_prepares_by_its_params_file(tmp_path: Path) -> None:

@@ -308,8 +308,12 @@ def split_tickets(
         index, _ = cut(index, n - max_tickets, f"a sample of prepare.max_tickets = {max_tickets}")
     rest, test = cut(index, prep["test_size"], f"prepare.test_size = {prep['test_size']}")
     train, validation = rest, rest[:0]
-    if val_size > 0:
-        train, validation = cut(rest, val_size / (1 - prep["test_size"]), f"val_size = {val_size}")
+    what = f"val_size = {val_size}"
+    if val_size > 0 and groups is not None and prep.get("val_groups"):
+        count = max(1, round(val_size * len(index)))
+        train, validation = sampled_group_cut(rest, count, prep["val_groups"], strata, groups, seed)
+    elif val_size > 0:
+        train, validation = cut(rest, val_size / (1 - prep["test_size"]), what)
     if strata is not None:
         train = stratified_order(strata.loc[train], seed)
     if balance is not None:
@@ -349,6 +353,33 @@ def group_cut(
         warnings.filterwarnings("ignore", message="The least populated class")
         rest, taken = next(splitter.split(np.zeros(len(index)), labels, groups.to_numpy()))
     return index[rest], index[taken]
+
+
+def sampled_group_cut(
+    index: pd.Index,
+    count: int,
+    n_groups: int,
+    strata: pd.Series | None,
+    groups: pd.Series,
+    seed: int,
+) -> tuple[pd.Index, pd.Index]:
+    """(train, validation): `count` validation tickets drawn evenly from about `n_groups`
+    whole groups held out of training (`prepare.val_groups`).
+
+    A validation split of whole groups holds few of them (2 % of the embedded tickets is
+    one template), so its loss speaks for one case; drawing a few tickets from each of several
+    held-out groups makes it speak for several without growing the evaluation. The rest of
+    those groups' tickets are neither trained on nor scored (counted in metrics/data.json).
+    The groups come from StratifiedGroupKFold (as the test cut); within them the tickets are
+    taken round-robin over the groups from a seeded shuffle, so every prefix is spread evenly.
+    """
+    folds = max(2, round(groups.loc[index].nunique() / n_groups))
+    what = f"validation from prepare.val_groups = {n_groups} groups"
+    stratify = None if strata is None else strata.loc[index]
+    train, held = group_cut(index, 1 / folds, stratify, groups.loc[index], seed, what)
+    shuffled = groups.loc[held].sample(frac=1, random_state=seed)
+    turn = shuffled.groupby(shuffled, sort=False).cumcount()
+    return train, turn.sort_values(kind="stable").index[:count]
 
 
 def stratified_order(strata: pd.Series, seed: int) -> pd.Index:

@@ -58,6 +58,7 @@ class Prepare(Section):
     input: str = Field(min_length=1)
     id_column: str | None = None  # null: an id made from the ticket text
     group_column: str | None = Field(None, min_length=1)  # null: tickets split one by one
+    val_groups: int | None = Field(None, ge=1)  # null: validation as whole groups
     duplicates: Literal["error", "drop"] = "error"
     text_columns: list[str] = Field(min_length=1)
     text_template: str | None = None  # null: the text columns, a blank line between them
