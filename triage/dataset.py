@@ -308,12 +308,11 @@ def split_tickets(
         index, _ = cut(index, n - max_tickets, f"a sample of prepare.max_tickets = {max_tickets}")
     rest, test = cut(index, prep["test_size"], f"prepare.test_size = {prep['test_size']}")
     train, validation = rest, rest[:0]
-    what = f"val_size = {val_size}"
     if val_size > 0 and groups is not None and prep.get("val_groups"):
         count = max(1, round(val_size * len(index)))
         train, validation = sampled_group_cut(rest, count, prep["val_groups"], strata, groups, seed)
     elif val_size > 0:
-        train, validation = cut(rest, val_size / (1 - prep["test_size"]), what)
+        train, validation = cut(rest, val_size / (1 - prep["test_size"]), f"val_size = {val_size}")
     if strata is not None:
         train = stratified_order(strata.loc[train], seed)
     if balance is not None:
@@ -373,10 +372,11 @@ def sampled_group_cut(
     The groups come from StratifiedGroupKFold (as the test cut); within them the tickets are
     taken round-robin over the groups from a seeded shuffle, so every prefix is spread evenly.
     """
-    folds = max(2, round(groups.loc[index].nunique() / n_groups))
+    groups = groups.loc[index]
+    folds = max(2, round(groups.nunique() / n_groups))
     what = f"validation from prepare.val_groups = {n_groups} groups"
     stratify = None if strata is None else strata.loc[index]
-    train, held = group_cut(index, 1 / folds, stratify, groups.loc[index], seed, what)
+    train, held = group_cut(index, 1 / folds, stratify, groups, seed, what)
     shuffled = groups.loc[held].sample(frac=1, random_state=seed)
     turn = shuffled.groupby(shuffled, sort=False).cumcount()
     return train, turn.sort_values(kind="stable").index[:count]
