@@ -251,6 +251,47 @@ def test_report_renders_scores_curves_and_confusion(tmp_path: Path, monkeypatch)
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
 
 
+def predictions(answers: list[tuple[str, str]], task: str = "category") -> str:
+    """A data/eval/predictions.jsonl text: one (gold, predicted) row per ticket."""
+    rows = [
+        {"id": f"T{i}", "task": task, "gold": gold, "predicted": predicted}
+        for i, (gold, predicted) in enumerate(answers)
+    ]
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def test_each_run_is_paired_with_the_reference_ticket_by_ticket(tmp_path: Path) -> None:
+    """A run that answers like the reference shows no difference beyond noise; one that gets
+    every ticket right where the reference got a third wrong is beyond noise; a run that did
+    not evaluate its own model is not paired; scores carry their bootstrap interval."""
+    gold = ["billing", "refund", "shipping"] * 40
+    wrong = [g if i % 3 else "refund" if g != "refund" else "billing" for i, g in enumerate(gold)]
+    tasks = {"category": {"kind": "classification"}}
+    scores = {"category": {"accuracy": 0.667, "accuracy_ci95": [0.58, 0.75], "macro_f1": 0.66}}
+
+    def evaluated(name: str, answers: list[str]) -> Run:
+        r = Run(name, name[0] * 40, {"tasks": tasks}, {"metrics/eval.json": scores})
+        r.files.update({"dvc.lock": "{}", "data/eval/predictions.jsonl": predictions(
+            list(zip(gold, answers, strict=True)))})  # fmt: skip
+        return r
+
+    reference, same, better = (evaluated(n, a) for n, a in (
+        ("workspace", wrong), ("rank-16", list(wrong)), ("rank-128", gold)))  # fmt: skip
+    trained = Run("rank-32", "c" * 40, {"tasks": tasks}, {})
+    trained.files["dvc.lock"] = "{}"
+    text = report.render_report([reference, same, better, trained], tmp_path)
+    assert "| workspace | 0.667 [0.580, 0.750] |" in text
+    paired = text.split("## Against `workspace`, ticket by ticket")[1].split("## Training")[0]
+    rows = md_rows(paired, key=lambda cells: (cells[0], cells[2]))
+    assert rows[("rank-16", "accuracy")]["change"] == "+0.0000"
+    assert rows[("rank-16", "accuracy")][""] == "within noise"
+    assert float(rows[("rank-128", "accuracy")]["change"]) == pytest.approx(1 / 3, abs=1e-3)
+    assert rows[("rank-128", "macro_f1")][""] == "beyond noise"
+    assert not any(run == "rank-32" for run, _ in rows)
+    assert "- `rank-16`: no difference from `workspace` beyond noise on any score." in paired
+    assert "- `rank-128`: differs beyond noise on category accuracy +0.333" in paired
+
+
 # ------------------------------------------------------------------ study commands (fast)
 
 
@@ -461,11 +502,12 @@ def test_pr_report_without_changes_says_so(pr_workspace: Path, tmp_path: Path) -
 # ------------------------------------------------------------------ the tiny experiments (slow)
 
 
-def md_rows(section: str) -> dict[str, dict[str, str]]:
-    """The first markdown table of a report section: {first cell: {column: cell}}."""
+def md_rows(section: str, key=lambda cells: cells[0]) -> dict[Any, dict[str, str]]:
+    """The first markdown table of a report section: {key(cells): {column: cell}}, the first
+    column left out of the cells (key: the first cell unless told)."""
     lines = [line for line in section.split("\n## ")[0].splitlines() if line.startswith("|")]
     header, *rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
-    return {row[0]: dict(zip(header[1:], row[1:], strict=True)) for row in rows[1:]}
+    return {key(row): dict(zip(header[1:], row[1:], strict=True)) for row in rows[1:]}
 
 
 @pytest.mark.slow

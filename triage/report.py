@@ -547,8 +547,17 @@ TRAINING = (
     ("train_loss", "train loss"),
     ("eval_loss", "eval loss"),
     ("train_samples_per_second", "samples/s"),
+    ("train_tokens_per_second", "tokens/s"),
     ("peak_rss_mb", "peak RSS (MB)"),
 )
+
+
+def with_interval(scores: dict[str, Any], key: str) -> Any:
+    """A score as `0.618 [0.570, 0.665]` where its 95 % bootstrap interval was recorded."""
+    value, interval = scores.get(key), scores.get(f"{key}_ci95")
+    if isinstance(value, int | float) and isinstance(interval, list) and len(interval) == 2:
+        return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+    return value
 
 
 def task_section(task: str, kind: str, runs: list[Run], states: dict[str, str | None]) -> str:
@@ -567,7 +576,7 @@ def task_section(task: str, kind: str, runs: list[Run], states: dict[str, str | 
             delta = (
                 f"{m - b:+.4f}" if isinstance(m, int | float) and isinstance(b, int | float) else ""
             )
-            row += [m if m is not None else "", b, delta]
+            row += [with_interval(model, s) if m is not None else "", b, delta]
         if states[run.name]:
             row[1] = states[run.name].split(" (")[0]
         rows.append(row)
@@ -656,8 +665,13 @@ def render_report(runs: list[Run], out_dir: Path) -> str:
         "logistic-regression baseline trained on the same tickets as the model "
         "(`metrics/baseline.json`, `tfidf_lora_tickets`), and the difference."
     )
-    for task, kind in task_kinds(runs).items():
+    kinds = task_kinds(runs)
+    for task, kind in kinds.items():
         parts += ["", task_section(task, kind, runs, states)]
+
+    reference = runs[0]
+    parts += ["", f"## Against `{reference.name}`, ticket by ticket", ""]
+    parts.append(paired_section(reference, runs[1:], kinds, states))
 
     parts += ["", "## Training", ""]
     train = {r.name: r.metrics.get(TRAIN_METRICS) for r in runs}
@@ -826,33 +840,92 @@ def read_predictions(text: str | None) -> dict[tuple[str, str], tuple[str, str]]
     return {(r["id"], r["task"]): (r["gold"], r["predicted"] or "") for r in rows}
 
 
-def noise_section(base: str) -> str:
-    """Each headline change between `base`'s committed predictions and the workspace's, on the
-    test tickets both answered with the same gold answer, with a paired-bootstrap interval."""
+def paired_scores(
+    before: dict[tuple[str, str], tuple[str, str]],
+    after: dict[tuple[str, str], tuple[str, str]],
+    kinds: dict[str, str],
+) -> list[tuple[str, str, int, dict[str, Any]]]:
+    """(task, score, tickets, paired_deltas entry) for each headline score, on the test tickets
+    both prediction sets answered with the same gold answer."""
     from triage.scoring import paired_deltas  # numpy and rouge-score: the CI job installs both
 
-    before = read_predictions(Run("base", base, {}, {}).read(PREDICTIONS))
-    after = read_predictions(Run("head", None, {}, {}).read(PREDICTIONS))
-    if not before or not after:
-        side = "`" + base + "`" if not before else "this branch"
-        return f"No per-ticket predictions ({PREDICTIONS}) at {side}: nothing to pair."
-    params = yaml_tasks()
     rows = []
     for task in dict.fromkeys(t for _, t in after):
         keys = [k for k in after if k[1] == task and k in before and before[k][0] == after[k][0]]
         if not keys:
             continue
-        kind = params.get(task, {}).get("kind", "classification")
         gold = [after[k][0] for k in keys]
         answers = [before[k][1] for k in keys], [after[k][1] for k in keys]
-        scores = paired_deltas(gold, *answers, kind)
-        for metric, d in scores.items():
-            low, high = d["delta_ci95"]
-            verdict = "beyond noise" if low > 0 or high < 0 else "within noise"
-            rows.append([
-                task, metric, len(keys), d["base"], d["head"], f"{d['delta']:+.4f}",
-                f"[{low:+.4f}, {high:+.4f}]", verdict,
-            ])  # fmt: skip
+        for metric, d in paired_deltas(gold, *answers, kinds.get(task, "classification")).items():
+            rows.append((task, metric, len(keys), d))
+    return rows
+
+
+def verdict(d: dict[str, Any]) -> str:
+    low, high = d["delta_ci95"]
+    return "beyond noise" if low > 0 or high < 0 else "within noise"
+
+
+def paired_section(
+    reference: Run, runs: list[Run], kinds: dict[str, str], states: dict[str, str | None]
+) -> str:
+    """Each run's headline scores minus the reference run's on the same test tickets, with a
+    95 % paired-bootstrap interval, and the conclusion those intervals support."""
+    if states[reference.name]:
+        return f"`{reference.name}` is {states[reference.name]}: nothing to pair."
+    before = read_predictions(reference.read(PREDICTIONS))
+    rows, conclusions = [], []
+    for run in runs:
+        after = {} if states[run.name] else read_predictions(run.read(PREDICTIONS))
+        if not before or not after:
+            continue
+        paired = paired_scores(before, after, kinds)
+        rows += [
+            [run.name, task, metric, n, f"{d['delta']:+.4f}",
+             f"[{d['delta_ci95'][0]:+.4f}, {d['delta_ci95'][1]:+.4f}]", verdict(d)]
+            for task, metric, n, d in paired
+        ]  # fmt: skip
+        beyond = [
+            f"{task} {metric} {d['delta']:+.3f}"
+            for task, metric, _, d in paired
+            if verdict(d) == "beyond noise"
+        ]
+        conclusions.append(
+            f"- `{run.name}`: "
+            + (
+                "differs beyond noise on " + ", ".join(beyond)
+                if beyond
+                else f"no difference from `{reference.name}` beyond noise on any score"
+            )
+            + "."
+        )
+    if not rows:
+        return f"No other evaluated run has `{PREDICTIONS}` to pair with `{reference.name}`'s."
+    header = ["run", "task", "score", "tickets", "change", "95 % interval", ""]
+    return "\n".join([
+        md_table(header, rows), "",
+        f"Each run minus `{reference.name}` on the test tickets both answered (paired "
+        "bootstrap, 1000 resamples): a change whose interval excludes 0 is beyond noise.",
+        "", *conclusions,
+    ])  # fmt: skip
+
+
+def noise_section(base: str) -> str:
+    """Each headline change between `base`'s committed predictions and the workspace's, on the
+    test tickets both answered with the same gold answer, with a paired-bootstrap interval."""
+    before = read_predictions(Run("base", base, {}, {}).read(PREDICTIONS))
+    after = read_predictions(Run("head", None, {}, {}).read(PREDICTIONS))
+    if not before or not after:
+        side = "`" + base + "`" if not before else "this branch"
+        return f"No per-ticket predictions ({PREDICTIONS}) at {side}: nothing to pair."
+    kinds = {name: task.get("kind", "classification") for name, task in yaml_tasks().items()}
+    rows = []
+    for task, metric, n, d in paired_scores(before, after, kinds):
+        low, high = d["delta_ci95"]
+        rows.append([
+            task, metric, n, d["base"], d["head"], f"{d['delta']:+.4f}",
+            f"[{low:+.4f}, {high:+.4f}]", verdict(d),
+        ])  # fmt: skip
     if not rows:
         return "The two commits share no test ticket with the same gold answer: nothing to pair."
     header = ["task", "score", "tickets", base, "this branch", "change", "95 % interval", ""]
