@@ -101,9 +101,10 @@ exp-lr: setup  ## learning-rate study: 1e-4/2e-4/5e-4 (VALUES, EXTRA, JOBS)
 exp-target: setup  ## target study: q_proj,v_proj / q,k,v,o / all (VALUES, EXTRA, JOBS)
 	python -m triage.study target $(STUDY_ARGS)
 
-# EXPS="rank-16 rank-64" compares only these experiments (default: all of this commit)
+# EXPS="rank-16 rank-64" compares only these experiments (default: all of this commit);
+# OUT=docs/studies/rank/report.md writes the page (and its images) there instead
 report: $(VENV)/.installed  ## reports/report.md: workspace vs experiments, curves, diagnosis
-	python -m triage.report $(if $(EXPS),--exp $(EXPS))
+	python -m triage.report $(if $(EXPS),--exp $(EXPS)) $(if $(OUT),--out $(OUT))
 
 # Needs only git and dvc (CI installs nothing else), so it does not depend on setup.
 BASE ?= main
