@@ -102,9 +102,10 @@ exp-target: setup  ## target study: q_proj,v_proj / q,k,v,o / all (VALUES, EXTRA
 	python -m triage.study target $(STUDY_ARGS)
 
 # EXPS="rank-16 rank-64" compares only these experiments (default: all of this commit);
-# OUT=docs/studies/rank/report.md writes the page (and its images) there instead
+# OUT=docs/studies/rank/report.md writes the page (and its images) there instead; TITLE its heading
 report: $(VENV)/.installed  ## reports/report.md: workspace vs experiments, curves, diagnosis
-	python -m triage.report $(if $(EXPS),--exp $(EXPS)) $(if $(OUT),--out $(OUT))
+	python -m triage.report $(if $(EXPS),--exp $(EXPS)) $(if $(OUT),--out $(OUT)) \
+	  $(if $(TITLE),--title "$(TITLE)")
 
 # Needs only git and dvc (CI installs nothing else), so it does not depend on setup.
 BASE ?= main

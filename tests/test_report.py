@@ -279,7 +279,8 @@ def test_each_run_is_paired_with_the_reference_ticket_by_ticket(tmp_path: Path) 
         ("workspace", wrong), ("rank-16", list(wrong)), ("rank-128", gold)))  # fmt: skip
     trained = Run("rank-32", "c" * 40, {"tasks": tasks}, {})
     trained.files["dvc.lock"] = "{}"
-    text = report.render_report([reference, same, better, trained], tmp_path)
+    text = report.render_report([reference, same, better, trained], tmp_path, "Rank study")
+    assert text.startswith("# Rank study\n")
     assert "| workspace | 0.667 [0.580, 0.750] |" in text
     paired = text.split("## Against `workspace`, ticket by ticket")[1].split("## Training")[0]
     rows = md_rows(paired, key=lambda cells: (cells[0], cells[2]))

@@ -632,7 +632,7 @@ def plot_confusion(counts: pd.DataFrame, title: str, out: Path) -> None:
     plt.close(fig)
 
 
-def render_report(runs: list[Run], out_dir: Path) -> str:
+def render_report(runs: list[Run], out_dir: Path, title: str = "Experiment report") -> str:
     """Write the PNGs into out_dir and return the markdown that links them."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*.png"):  # images of runs no longer compared
@@ -640,7 +640,7 @@ def render_report(runs: list[Run], out_dir: Path) -> str:
     foreign = {r.name: own_outputs(r) for r in runs}  # another run's files are not shown
     states = {r.name: evaluation_state(r, foreign[r.name]) for r in runs}
     curves = {r.name: c for r in runs if (c := read_curve(r)) is not None}
-    parts = ["# Experiment report", ""]
+    parts = [f"# {title}", ""]
     parts.append(
         "Made by `python -m triage.report` (`make report`) from what DVC recorded; "
         "`dvc exp show` has every number. Runs: "
@@ -1009,6 +1009,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pr", metavar="BASE", help="review the workspace against BASE")
     parser.add_argument("--out", type=Path, help="markdown file (default reports/report.md, "
                         "with --pr reports/pr.md); images go beside it")  # fmt: skip
+    parser.add_argument("--title", default="Experiment report", help="the page's heading")
     args = parser.parse_args(argv)
     try:
         if args.pr:
@@ -1017,7 +1018,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             out = args.out or REPORTS / "report.md"
             runs = collect_runs(json.loads(dvc("exp", "show", "--json")), args.exp)
-            text = render_report(runs, out.parent)
+            text = render_report(runs, out.parent, args.title)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
