@@ -552,6 +552,16 @@ TRAINING = (
 )
 
 
+def recorded_scores(run: Run, task: str) -> dict[str, Any]:
+    """The task's scores as the run's metrics/eval.json holds them, with the bootstrap
+    intervals (`dvc exp show` leaves lists out), or as DVC showed them if the file is gone."""
+    try:
+        recorded = json.loads(run.read(EVAL_METRICS) or "{}").get(task, {})
+    except (json.JSONDecodeError, AttributeError):
+        recorded = {}
+    return {**run.metrics.get(EVAL_METRICS, {}).get(task, {}), **recorded}
+
+
 def with_interval(scores: dict[str, Any], key: str) -> Any:
     """A score as `0.618 [0.570, 0.665]` where its 95 % bootstrap interval was recorded."""
     value, interval = scores.get(key), scores.get(f"{key}_ci95")
@@ -576,7 +586,7 @@ def task_section(task: str, kind: str, runs: list[Run], states: dict[str, str | 
             delta = (
                 f"{m - b:+.4f}" if isinstance(m, int | float) and isinstance(b, int | float) else ""
             )
-            row += [with_interval(model, s) if m is not None else "", b, delta]
+            row += [with_interval(recorded_scores(run, task), s) if m is not None else "", b, delta]
         if states[run.name]:
             row[1] = states[run.name].split(" (")[0]
         rows.append(row)
