@@ -884,10 +884,12 @@ def paired_section(
     if states[reference.name]:
         return f"`{reference.name}` is {states[reference.name]}: nothing to pair."
     before = read_predictions(reference.read(PREDICTIONS))
+    if not before:
+        return f"`{reference.name}` has no `{PREDICTIONS}`: nothing to pair."
     rows, conclusions = [], []
     for run in runs:
         after = {} if states[run.name] else read_predictions(run.read(PREDICTIONS))
-        if not before or not after:
+        if not after:
             continue
         paired = paired_scores(before, after, kinds)
         rows += [
