@@ -5,6 +5,7 @@
 - Prepared records, the evaluate stage and the server's processes (tests/test_server.py,
   test_evaluate.py): `task_records`, `mini_workspace`, `run_evaluate`, `stage_env`,
   `owned_processes`, `leaked_shm`, `server_pid`, and the small `SERVE` section.
+- Signals (tests/test_server.py, test_report.py): `default_signal_dispositions`.
 
 The session fixtures (models, workspaces, experiments) are in tests/conftest.py.
 """
@@ -17,6 +18,7 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -307,3 +309,15 @@ def alive(pid: int) -> bool:
         return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
     except psutil.NoSuchProcess:
         return False
+
+
+def default_signal_dispositions() -> None:
+    """Give the child the signal dispositions of a foreground command.
+
+    A shell starts background jobs (`make test &`, nohup, some CI runners) with SIGINT and
+    SIGQUIT ignored, and a child inherits that: Python then installs no KeyboardInterrupt
+    handler and the stage would rightly ignore Ctrl-C. The signal tests must not depend on
+    how pytest itself was launched.
+    """
+    for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)

@@ -3,7 +3,8 @@
 Fast: the diagnosis on synthetic training logs (each pathology of the guide's troubleshooting
 table, and a healthy run), the study's command lines (nothing is queued), and the PR report
 on a two-commit copy of the repository (no training: metrics are committed files). Slow: the
-two shared experiments of `tiny_experiments` in `dvc exp show`, the study's table and the report.
+two shared experiments of `tiny_experiments` in `dvc exp show`, the study's table and the report,
+and a study interrupted on a real DVC queue.
 """
 
 from __future__ import annotations
@@ -12,16 +13,21 @@ import json
 import os
 import re
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import yaml
 
 from tests.conftest import REPO, Experiment, dvc, exp_run, run, set_params
+from tests.helpers import default_signal_dispositions
 from triage import report, study
 from triage.params import PipelineError
 from triage.report import Run, diagnose
@@ -622,3 +628,54 @@ def test_report_shows_no_figures_an_experiment_did_not_produce(
         assert "| configure-only |" not in diagnosis and "| rank-16 |" in diagnosis
     finally:
         dvc(["exp", "remove", "configure-only"], tiny_workspace)
+
+
+def queued_states(ws: Path) -> dict[str, str]:
+    """`dvc queue status` of a workspace as {experiment name: status}."""
+    rows = dvc(["queue", "status"], ws).stdout.splitlines()
+    return {row.split()[1]: row.split()[-1] for row in rows if len(row.split()) >= 3}
+
+
+def processes_in(folder: Path) -> list[str]:
+    """Command lines of the live processes working in `folder` (their working directory)."""
+    found = []
+    for proc in psutil.process_iter(["cwd", "cmdline", "status"]):
+        cwd = proc.info["cwd"]
+        if cwd and Path(cwd).is_relative_to(folder) and proc.info["status"] != "zombie":
+            found.append(" ".join(proc.info["cmdline"] or []))
+    return found
+
+
+@pytest.mark.slow
+def test_interrupted_study_leaves_no_experiment_running(tiny_workspace: Path) -> None:
+    """Ctrl-C while a study waits on a real DVC queue: exit 130 with one line, the running
+    experiment killed, its queue records removed, no queue worker or stage left behind."""
+    name = "rank-24"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "triage.study", "rank", "--values", "24", "--poll", "1"],
+        cwd=tiny_workspace, env={**os.environ, "PYTHONPATH": str(tiny_workspace)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=default_signal_dispositions,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while queued_states(tiny_workspace).get(name) != "Running":
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the experiment never started"
+            time.sleep(1)
+        assert processes_in(tiny_workspace)  # the queue worker, and the experiment under it
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out + err
+    assert err.strip().endswith(
+        "error: interrupted (SIGINT); the study's experiments stopped; run it again to resume"
+    )
+    assert name not in queued_states(tiny_workspace)
+    assert name not in dvc(["exp", "list", "--name-only"], tiny_workspace).stdout.split()
+    deadline = time.monotonic() + 60  # an idle worker exits within about 10 s (DVC's docs)
+    while (left := processes_in(tiny_workspace)) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not left

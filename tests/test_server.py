@@ -31,6 +31,7 @@ from tests.helpers import (
     REPO,
     SERVE,
     alive,
+    default_signal_dispositions,
     leaked_shm,
     mini_workspace,
     owned_processes,
@@ -51,18 +52,6 @@ def command(pid: int) -> str:
         return " ".join(psutil.Process(pid).cmdline()).strip()
     except psutil.Error:
         return ""
-
-
-def default_signal_dispositions() -> None:
-    """Give the child the signal dispositions of a foreground command.
-
-    A shell starts background jobs (`make test &`, nohup, some CI runners) with SIGINT and
-    SIGQUIT ignored, and a child inherits that: Python then installs no KeyboardInterrupt
-    handler and the stage would rightly ignore Ctrl-C. The signal tests must not depend on
-    how pytest itself was launched.
-    """
-    for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)
 
 
 class Stage:

@@ -16,13 +16,17 @@ finished (polling `dvc exp list` and `dvc queue status`), and prints `dvc exp sh
 restricted to the study's rows, the params it changed and the key metrics.
 
 An experiment name that already exists on this commit is not queued again (the study resumes
-where it stopped); `--force` removes such experiments first so they run anew.
+where it stopped); `--force` removes such experiments first so they run anew. Ctrl-C, SIGTERM
+or SIGHUP while waiting stops the study's own experiments (the running ones are killed, the
+queued ones and the killed ones' records removed), so no queue worker runs on for it; running
+the study again queues what did not finish.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -34,6 +38,7 @@ from triage.dvc_cli import dvc
 from triage.files import run_main
 from triage.params import PipelineError
 from triage.presets import override
+from triage.signals import raise_terminated
 
 
 @dataclass(frozen=True)
@@ -181,10 +186,32 @@ def wait(names: list[str], poll_s: float, timeout_s: float | None) -> list[str]:
             )
         if timeout_s is not None and time.monotonic() - started > timeout_s:
             raise PipelineError(
-                f"{', '.join(pending)} still running after {timeout_s:.0f} s "
-                "(they continue in the background: `dvc queue status`)"
+                f"{', '.join(pending)} did not finish within {timeout_s:.0f} s: stopped"
             )
         time.sleep(poll_s)
+
+
+def stop(names: list[str], grace_s: float = 60.0) -> None:
+    """Stop the study's experiments: remove the queued ones, kill the running ones (DVC sends
+    them SIGINT, so their stages stop vLLM and LlamaFactory), then remove the killed runs'
+    records once they have ended. A worker with nothing left to do exits by itself."""
+    states, _ = queue_state(names)
+    queued = [n for n, s in states.items() if s == "Queued"]
+    running = [n for n, s in states.items() if s == "Running"]
+    if queued:
+        dvc("queue", "remove", *queued)
+    if running:
+        dvc("queue", "kill", *running)
+    deadline = time.monotonic() + grace_s
+    while running and time.monotonic() < deadline:
+        states, _ = queue_state(running)
+        running = [n for n in running if states.get(n) == "Running"]
+        time.sleep(1)
+    if running:
+        dvc("queue", "kill", "--force", *running)
+    ended = [n for n, s in queue_state(names)[0].items() if s in ("Failed", "Queued")]
+    if ended:
+        dvc("queue", "remove", *ended)
 
 
 def main() -> None:
@@ -205,7 +232,7 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="rerun experiments that exist")
     parser.add_argument("--dry", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--poll", type=float, default=POLL_S, help="seconds between checks")
-    parser.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
+    parser.add_argument("--timeout", type=float, help="stop the study after this many seconds")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up in logs and pipes at once
 
@@ -235,17 +262,18 @@ def main() -> None:
         if proc.returncode != 0:
             raise PipelineError(f"queueing {name} failed (exit code {proc.returncode})")
 
-    # 2. start the workers and wait for this study's experiments
-    if set(names) - existing:
-        print(f"dvc queue start -j {args.jobs}")
-        start_queue(args.jobs)
+    # 2. start the workers and wait for this study's experiments; stopped, stop them too
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, raise_terminated)
     try:
+        if set(names) - existing:
+            print(f"dvc queue start -j {args.jobs}")
+            start_queue(args.jobs)
         failed = wait(names, args.poll, args.timeout)
-    except KeyboardInterrupt:
-        raise PipelineError(
-            "stopped waiting; the experiments go on in the background "
-            "(`dvc queue status`, `dvc queue kill NAME` to stop one)"
-        ) from None
+    except (KeyboardInterrupt, PipelineError):  # Ctrl-C, a signal, the timeout, no worker
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup
+        stop(names)
+        raise
 
     # 3. the comparison: the study's rows, the params it set, the key metrics
     print()
@@ -256,4 +284,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, stopped="the study's experiments stopped; run it again to resume")
