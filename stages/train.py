@@ -4,8 +4,10 @@ LlamaFactory writes checkpoints to `runs/train/` (the config's output_dir), outs
 outputs: DVC deletes a stage's outputs before running it, which would throw away the
 checkpoints an interrupted run needs. LlamaFactory resumes from the last checkpoint there on
 its own; this stage only makes sure those checkpoints belong to the same config and data
-(a fingerprint file), and starts afresh otherwise. On success the adapter, its logs and
-TensorBoard events move to `models/adapter/`, and the metrics and loss curve to `metrics/`.
+(a fingerprint file), and starts afresh otherwise, and removes a checkpoint that a crash cut
+short while it was written (LlamaFactory would try to resume from it and fail). On success
+the adapter, its logs and TensorBoard events move to `models/adapter/`, and the metrics and
+loss curve to `metrics/`.
 
 Machine-dependent settings are added on the command line, not stored in the config:
 `use_cpu=true` where no GPU is visible (bf16 on a CPU needs it; `bf16=false` on a CPU without
@@ -33,7 +35,16 @@ import yaml
 
 from triage.files import atomic_dir, run_main, write_json, write_text
 from triage.params import PipelineError, load_params
-from triage.training import CONFIG, command, fingerprint, loss_curve, run_child, summarise, what_ran
+from triage.training import (
+    CONFIG,
+    command,
+    fingerprint,
+    incomplete_checkpoints,
+    loss_curve,
+    run_child,
+    summarise,
+    what_ran,
+)
 
 ADAPTER = Path("models/adapter")
 METRICS = Path("metrics/train.json")
@@ -58,6 +69,9 @@ def main() -> None:
         shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     marker.write_text(current)
+    for partial in incomplete_checkpoints(output_dir):
+        print(f"train: {partial} was cut short while being written: removed", flush=True)
+        shutil.rmtree(partial)
     resumed = any(output_dir.glob("checkpoint-*"))
 
     cmd, env = command(config, params.get("train", {}))

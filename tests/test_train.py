@@ -221,11 +221,15 @@ def test_interrupted_training_resumes_from_checkpoint(tiny_workspace: Path, tmp_
     while not (ws / "runs" / "train" / "checkpoint-2" / "trainer_state.json").exists():
         assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint written"
         time.sleep(0.5)
-    time.sleep(1)  # let the checkpoint finish writing
     os.killpg(proc.pid, signal.SIGKILL)  # a crash, not a polite stop
     proc.wait()
+    # a crash while a later checkpoint was being written: its state file never came
+    partial = ws / "runs" / "train" / "checkpoint-100000"
+    shutil.copytree(ws / "runs" / "train" / "checkpoint-2", partial)
+    (partial / "trainer_state.json").unlink()
 
     out = run([sys.executable, "-m", "stages.train"], ws).stdout
+    assert f"train: {partial.relative_to(ws)} was cut short while being written: removed" in out
     assert "train: resuming:" in out
     metrics = json.loads((ws / "metrics" / "train.json").read_text())
     assert metrics["resumed_from_checkpoint"] is True

@@ -2,10 +2,11 @@
 child that never outlives the stage, and reading its results back.
 
 stages/train.py reads top to bottom; this is what it calls: the fingerprint that decides
-whether checkpoints may be resumed, the command (use_cpu, bf16 off where a CPU only emulates
-it, torchrun for several GPUs), `run_child` (SIGTERM/SIGHUP passed on, PR_SET_PDEATHSIG), and
-the metrics, loss curve and description of the run from what LlamaFactory wrote. The
-benchmarks call the same command and summary (bench/pipeline.py).
+whether checkpoints may be resumed, the checkpoints a crash left half-written, the command
+(use_cpu, bf16 off where a CPU only emulates it, torchrun for several GPUs), `run_child`
+(SIGTERM/SIGHUP passed on, PR_SET_PDEATHSIG), and the metrics, loss curve and description
+of the run from what LlamaFactory wrote. The benchmarks call the same command and summary
+(bench/pipeline.py).
 """
 
 from __future__ import annotations
@@ -35,6 +36,20 @@ def fingerprint(config_text: str) -> str:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()
+
+
+def incomplete_checkpoints(output_dir: Path) -> list[Path]:
+    """Checkpoints a crash cut short while they were written. The Trainer writes
+    trainer_state.json after the weights, optimizer and RNG states, and resumes from the
+    highest-numbered checkpoint whatever it holds: from one without a readable state it fails
+    (FileNotFoundError) instead of taking the complete one before it."""
+    partial = []
+    for checkpoint in output_dir.glob("checkpoint-*"):
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            partial.append(checkpoint)
+    return sorted(partial)
 
 
 def gpu_count() -> int:
