@@ -47,6 +47,14 @@ def machine_line(m: dict[str, Any]) -> str:
     )
 
 
+def provenance(r: dict[str, Any]) -> str:
+    """When and where a results file was measured: the sections may come from different
+    machines of this kind (each benchmark can be rerun on its own)."""
+    m = r["machine"]
+    flags = ", ".join(m.get("cpu_flags") or [])
+    return f"Measured {r['measured']} on {m.get('cpu', '?')} ({flags})."
+
+
 def goals(serving: dict | None, pipeline: dict | None) -> list[str]:
     a = serving and serving["served_vs_llamafactory"]
     b = serving and serving["served_vs_offline"]
@@ -71,6 +79,7 @@ def serving_section(r: dict[str, Any] | None) -> list[str]:
     out = ["## (a), (b) Serving: vLLM served vs offline vs LlamaFactory", ""]
     if not r:
         return [*out, "Not measured yet: `python -m bench.serving`.", ""]
+    out += [provenance(r), ""]
     s = r["settings"]
     out += [
         f"{r['records']} test requests (the records of the first test tickets), "
@@ -116,6 +125,7 @@ def pipeline_section(r: dict[str, Any] | None) -> list[str]:
     out = ["## (c), (d), (e) The pipeline", ""]
     if not r:
         return [*out, "Not measured yet: `python -m bench.pipeline`.", ""]
+    out += [provenance(r), ""]
     w = r["whole"]
     out += [
         "### (e) `dvc repro` of the embedded default from nothing (fresh copy, 1 run)",
@@ -179,6 +189,7 @@ def eval_speed_section(r: dict[str, Any] | None) -> list[str]:
     out = ["## Making evaluation fast", ""]
     if not r:
         return [*out, "Not measured yet: `python -m bench.eval_speed`.", ""]
+    out += [provenance(r), ""]
     out += [
         f"The evaluate stage's own path (server + client), {r['records']} requests; one server "
         "start per setting, requests/s over several passes after a warm-up pass; the scores "
@@ -229,6 +240,8 @@ def train_speed_section(r: dict[str, Any] | None) -> list[str]:
     peak = r["gemm_peak"][dtype]["tflops"]
     return [
         "## Training throughput",
+        "",
+        provenance(r),
         "",
         f"`python -m bench.train_speed`: the train stage's LlamaFactory run, {r['steps']} "
         f"optimizer steps, before (commit {r['before_rev']}: one record per ticket and task, "
