@@ -248,6 +248,13 @@ def test_report_renders_scores_curves_and_confusion(tmp_path: Path, monkeypatch)
 
     text = report.render_report([evaluated, trained], tmp_path)
     assert "| lora_rank | 8 | 16 |" in text
+    summary = md_rows(text.split("## Summary")[1].split("## Scores per task")[0])
+    assert summary["workspace"]["lora_rank"] == "8" and summary["rank-16"]["lora_rank"] == "16"
+    assert summary["rank-16"]["trainable params"] == "34,816"
+    assert (
+        summary["workspace"]["summary rougeL"] == "0.35"
+        and summary["rank-16"]["summary rougeL"] == ""
+    )
     assert "| workspace | 0.9 | 0.8 | +0.1000 | 0.75 | 0.7 | +0.0500 |" in text
     assert "| rank-16 | not evaluated | 0.8 |" in text
     assert "![workspace category](confusion-workspace-category.png)" in text
@@ -299,6 +306,16 @@ def test_each_run_is_paired_with_the_reference_ticket_by_ticket(tmp_path: Path) 
     assert not any(run == "rank-32" for run, _ in rows)
     assert "- `rank-16`: no difference from `workspace` beyond noise on any score." in paired
     assert "- `rank-128`: differs beyond noise on category accuracy +0.333" in paired
+    # the summary: the headline score per task and its paired change, marked beyond noise
+    summary = md_rows(text.split("## Summary")[1].split("## Scores per task")[0])
+    versus = "category vs `workspace`"
+    assert summary["workspace"]["category macro_f1"] == "0.66"
+    assert summary["workspace"][versus] == "" and summary["rank-32"][versus] == ""
+    assert summary["rank-16"][versus] == "+0.000 [+0.000, +0.000]"
+    assert (
+        summary["rank-128"][versus].startswith("+0.") and summary["rank-128"][versus][-2:] == " *"
+    )
+    assert summary["rank-32"]["category macro_f1"] == summary["rank-32"]["trainable params"] == ""
 
 
 # ------------------------------------------------------------------ study commands (fast)

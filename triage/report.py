@@ -570,6 +570,58 @@ def with_interval(scores: dict[str, Any], key: str) -> Any:
     return value
 
 
+HEADLINE = {"classification": "macro_f1", "generation": "rougeL"}  # one score per task kind
+COST = (  # the summary's training columns: what a setting costs
+    ("trainable_parameters", "trainable params"),
+    ("train_runtime_s", "train s"),
+    ("train_tokens_per_second", "tokens/s"),
+    ("peak_rss_mb", "peak RSS MB"),
+)
+
+
+def summary_section(
+    runs: list[Run], kinds: dict[str, str], states: dict[str, str | None], changed: list[str]
+) -> str:
+    """A study's table: per run the params it changed, what training cost, each task's headline
+    score with its interval, and that score minus the first run's on the same tickets (95 %
+    paired bootstrap; `*` where the interval excludes 0). Figures a run did not produce stay
+    empty; the sections below say why."""
+    reference = runs[0]
+    before = {} if states[reference.name] else read_predictions(reference.read(PREDICTIONS))
+    header = ["run", *changed, *[label for _, label in COST]]
+    header += [f"{task} {HEADLINE[kind]}" for task, kind in kinds.items()]
+    header += [f"{task} vs `{reference.name}`" for task in kinds]
+    rows = []
+    for run in runs:
+        params, train = flatten(run.params), run.metrics.get(TRAIN_METRICS) or {}
+        row: list[Any] = [run.name]
+        row += [v if isinstance(v := params.get(p), str) else json.dumps(v) for p in changed]
+        row += [train.get(key) for key, _ in COST]
+        evaluated = not states[run.name]
+        scores = {task: recorded_scores(run, task) for task in kinds} if evaluated else {}
+        row += [with_interval(scores[t], HEADLINE[k]) if scores else None for t, k in kinds.items()]
+        paired: dict[str, dict[str, Any]] = {}
+        if evaluated and before and run is not reference:
+            after = read_predictions(run.read(PREDICTIONS))
+            for task, metric, _, d in paired_scores(before, after, kinds):
+                if metric == HEADLINE[kinds[task]]:
+                    paired[task] = d
+        for task in kinds:
+            d = paired.get(task)
+            row.append(
+                f"{d['delta']:+.3f} [{d['delta_ci95'][0]:+.3f}, {d['delta_ci95'][1]:+.3f}]"
+                + (" *" if verdict(d) == "beyond noise" else "")
+                if d
+                else None
+            )
+        rows.append(["" if v is None else v for v in row])
+    return "\n".join([
+        md_table(header, rows), "",
+        f"[95 % bootstrap interval] over the test tickets; `vs {reference.name}`: the run's score "
+        f"minus `{reference.name}`'s on the tickets both answered, `*` beyond noise.",
+    ])  # fmt: skip
+
+
 def task_section(task: str, kind: str, runs: list[Run], states: dict[str, str | None]) -> str:
     scores = SCORES[kind]
     header = ["run"] + [h for s in scores for h in (s, "baseline", "Δ")]
@@ -669,13 +721,16 @@ def render_report(runs: list[Run], out_dir: Path, title: str = "Experiment repor
     else:
         parts.append("All runs have the same params.")
 
+    kinds = task_kinds(runs)
+    parts += ["", "## Summary", ""]
+    parts.append(summary_section(runs, kinds, states, list(differing)))
+
     parts += ["", "## Scores per task vs the baseline", ""]
     parts.append(
         "Model scores from `metrics/eval.json` (served by vLLM, test split), the TF-IDF + "
         "logistic-regression baseline trained on the same tickets as the model "
         "(`metrics/baseline.json`, `tfidf_lora_tickets`), and the difference."
     )
-    kinds = task_kinds(runs)
     for task, kind in kinds.items():
         parts += ["", task_section(task, kind, runs, states)]
 
