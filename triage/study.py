@@ -181,8 +181,8 @@ def wait(names: list[str], poll_s: float, timeout_s: float | None) -> list[str]:
         idle_polls = idle_polls + 1 if workers == 0 else 0
         if idle_polls >= 3:
             raise PipelineError(
-                f"no queue worker is running but {', '.join(pending)} did not finish: "
-                "`dvc queue start` resumes, `dvc queue status` / `dvc queue logs NAME` explain"
+                f"no queue worker is running but {', '.join(pending)} did not finish "
+                "(`dvc queue logs NAME` explains): stopped"
             )
         if timeout_s is not None and time.monotonic() - started > timeout_s:
             raise PipelineError(
@@ -271,7 +271,8 @@ def main() -> None:
             start_queue(args.jobs)
         failed = wait(names, args.poll, args.timeout)
     except (KeyboardInterrupt, PipelineError):  # Ctrl-C, a signal, the timeout, no worker
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup
         stop(names)
         raise
 
