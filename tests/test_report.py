@@ -409,6 +409,23 @@ def test_queue_status_is_read_per_experiment(monkeypatch: pytest.MonkeyPatch) ->
     assert states == {"rank-16": "Running", "rank-8": "Queued"} and workers == 1
 
 
+def test_a_running_experiment_is_waited_for_whatever_the_worker_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker training on every core can miss DVC's status request (0 workers reported while
+    its experiment runs): that is no stalled queue. Nothing running and no worker is."""
+    polls = iter([({"rank-16": "Running"}, 0)] * 5 + [({"rank-16": "Success"}, 0)])
+    done = iter([set()] * 5 + [{"rank-16"}])
+    monkeypatch.setattr(study, "queue_state", lambda names: next(polls))
+    monkeypatch.setattr(study, "existing_experiments", lambda: next(done))
+    assert study.wait(["rank-16"], poll_s=0.01, timeout_s=None, idle_s=0.02) == []
+
+    monkeypatch.setattr(study, "queue_state", lambda names: ({"rank-16": "Queued"}, 0))
+    monkeypatch.setattr(study, "existing_experiments", set)
+    with pytest.raises(PipelineError, match="no queue worker answered .* `dvc queue start`"):
+        study.wait(["rank-16"], poll_s=0.01, timeout_s=None, idle_s=0.02)
+
+
 # ------------------------------------------------------------------ PR review (fast, no training)
 
 

@@ -69,6 +69,15 @@ KEY_METRICS = (
     r"metrics/eval\.json:\w+\.(accuracy|macro_f1|rougeL)",
 )
 POLL_S = 20.0  # seconds between two looks at the queue
+# DVC asks the workers for their status with a short reply deadline, and a worker whose
+# experiment trains on every core can miss it: `dvc queue status` then says 0 workers while
+# the experiment runs. Only a queue with nothing running and no worker answering for this
+# long is taken as stalled.
+IDLE_S = 300.0
+
+
+class StudyTimeout(PipelineError):
+    """--timeout passed before the study's experiments finished."""
 
 
 def slug(value: str) -> str:
@@ -161,11 +170,13 @@ def queue_state(names: Iterable[str]) -> tuple[dict[str, str], int]:
     return states, sum(map(int, workers.groups())) if workers else 0
 
 
-def wait(names: list[str], poll_s: float, timeout_s: float | None) -> list[str]:
+def wait(
+    names: list[str], poll_s: float, timeout_s: float | None, idle_s: float = IDLE_S
+) -> list[str]:
     """Block until every experiment succeeded (exists) or failed; return the failed names."""
     started = time.monotonic()
     last: dict[str, str] = {}
-    idle_polls = 0
+    idle_since: float | None = None
     while True:
         done = existing_experiments()
         states, workers = queue_state(names)
@@ -177,15 +188,17 @@ def wait(names: list[str], poll_s: float, timeout_s: float | None) -> list[str]:
         pending = [n for n, s in now.items() if s not in ("Success", "Failed")]
         if not pending:
             return [n for n, s in now.items() if s == "Failed"]
-        # a queue without workers never finishes: say so instead of waiting forever
-        idle_polls = idle_polls + 1 if workers == 0 else 0
-        if idle_polls >= 3:
+        # a queue without workers never finishes: say so instead of waiting forever (nothing
+        # runs then, so nothing is left behind; the queued experiments stay queued)
+        stalled = workers == 0 and "Running" not in now.values()
+        idle_since = (idle_since or time.monotonic()) if stalled else None
+        if idle_since is not None and time.monotonic() - idle_since >= idle_s:
             raise PipelineError(
-                f"no queue worker is running but {', '.join(pending)} did not finish "
-                "(`dvc queue logs NAME` explains): stopped"
+                f"no queue worker answered for {idle_s:.0f} s and none of {', '.join(pending)} "
+                "is running: `dvc queue start` resumes them (`dvc queue logs NAME` explains)"
             )
         if timeout_s is not None and time.monotonic() - started > timeout_s:
-            raise PipelineError(
+            raise StudyTimeout(
                 f"{', '.join(pending)} did not finish within {timeout_s:.0f} s: stopped"
             )
         time.sleep(poll_s)
@@ -270,7 +283,7 @@ def main() -> None:
             print(f"dvc queue start -j {args.jobs}")
             start_queue(args.jobs)
         failed = wait(names, args.poll, args.timeout)
-    except (KeyboardInterrupt, PipelineError):  # Ctrl-C, a signal, the timeout, no worker
+    except (KeyboardInterrupt, StudyTimeout):  # Ctrl-C, SIGTERM or SIGHUP, or --timeout
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup
         stop(names)
