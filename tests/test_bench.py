@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import bench_records, spread
+from bench.common import bench_records, serve_version, spread
 from bench.report import goals, median_range
 
 
@@ -82,3 +82,13 @@ def test_eval_speed_scores_each_task_of_a_ticket_record(monkeypatch) -> None:
     assert stats["scores"]["category"]["accuracy"] == 0.75
     assert stats["scores"]["summary"]["rougeL"] == 1.0
     assert stats["requests_per_s"]["median"] == 4.0  # 4 requests in the 1 s warm pass
+
+
+def test_machine_facts_need_no_serving_environment(tmp_path: Path, monkeypatch) -> None:
+    """The training benchmark saves its results where vLLM is not set up (the machine facts
+    then name no vLLM version) instead of failing after its measurements."""
+    monkeypatch.delenv("TICKET_SERVE_PYTHON", raising=False)
+    monkeypatch.setattr("triage.machine.ROOT", tmp_path)
+    assert serve_version() is None
+    monkeypatch.setenv("TICKET_SERVE_PYTHON", str(tmp_path / "missing" / "python"))
+    assert serve_version() is None
