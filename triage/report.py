@@ -570,6 +570,11 @@ def with_interval(scores: dict[str, Any], key: str) -> Any:
     return value
 
 
+def param_text(value: Any) -> str:
+    """A param as params.yaml writes it: 2048, 1e-06, true, null, [a, b]."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 HEADLINE = {"classification": "macro_f1", "generation": "rougeL"}  # one score per task kind
 COST = (  # the summary's training columns: what a setting costs
     ("trainable_parameters", "trainable params"),
@@ -580,14 +585,17 @@ COST = (  # the summary's training columns: what a setting costs
 
 
 def summary_section(
-    runs: list[Run], kinds: dict[str, str], states: dict[str, str | None], changed: list[str]
+    runs: list[Run],
+    kinds: dict[str, str],
+    states: dict[str, str | None],
+    changed: list[str],
+    pairings: dict[str, Pairing],
 ) -> str:
     """A study's table: per run the params it changed, what training cost, each task's headline
     score with its interval, and that score minus the first run's on the same tickets (95 %
     paired bootstrap; `*` where the interval excludes 0). Figures a run did not produce stay
     empty; the sections below say why."""
     reference = runs[0]
-    before = {} if states[reference.name] else read_predictions(reference.read(PREDICTIONS))
     header = ["run", *changed, *[label for _, label in COST]]
     header += [f"{task} {HEADLINE[kind]}" for task, kind in kinds.items()]
     header += [f"{task} vs `{reference.name}`" for task in kinds]
@@ -595,17 +603,16 @@ def summary_section(
     for run in runs:
         params, train = flatten(run.params), run.metrics.get(TRAIN_METRICS) or {}
         row: list[Any] = [run.name]
-        row += [v if isinstance(v := params.get(p), str) else json.dumps(v) for p in changed]
+        row += [param_text(params.get(p)) for p in changed]
         row += [train.get(key) for key, _ in COST]
         evaluated = not states[run.name]
         scores = {task: recorded_scores(run, task) for task in kinds} if evaluated else {}
         row += [with_interval(scores[t], HEADLINE[k]) if scores else None for t, k in kinds.items()]
-        paired: dict[str, dict[str, Any]] = {}
-        if evaluated and before and run is not reference:
-            after = read_predictions(run.read(PREDICTIONS))
-            for task, metric, _, d in paired_scores(before, after, kinds):
-                if metric == HEADLINE[kinds[task]]:
-                    paired[task] = d
+        paired = {
+            task: d
+            for task, metric, _, d in pairings.get(run.name, [])
+            if metric == HEADLINE[kinds[task]]
+        }
         for task in kinds:
             d = paired.get(task)
             row.append(
@@ -713,17 +720,18 @@ def render_report(runs: list[Run], out_dir: Path, title: str = "Experiment repor
     parts += ["", "## Params that differ", ""]
     differing = differing_params(runs)
     if differing:
-        # as params.yaml writes them: 2048, 1e-06, true, null, [a, b]
         parts.append(md_table(["param", *[r.name for r in runs]], [
-            [k, *[v if isinstance(v, str) else json.dumps(v) for v in values]]
+            [k, *[param_text(v) for v in values]]
             for k, values in differing.items()
         ]))  # fmt: skip
     else:
         parts.append("All runs have the same params.")
 
     kinds = task_kinds(runs)
+    reference = runs[0]
+    pairings = pair_with_reference(reference, runs[1:], kinds, states)
     parts += ["", "## Summary", ""]
-    parts.append(summary_section(runs, kinds, states, list(differing)))
+    parts.append(summary_section(runs, kinds, states, list(differing), pairings))
 
     parts += ["", "## Scores per task vs the baseline", ""]
     parts.append(
@@ -734,9 +742,8 @@ def render_report(runs: list[Run], out_dir: Path, title: str = "Experiment repor
     for task, kind in kinds.items():
         parts += ["", task_section(task, kind, runs, states)]
 
-    reference = runs[0]
     parts += ["", f"## Against `{reference.name}`, ticket by ticket", ""]
-    parts.append(paired_section(reference, runs[1:], kinds, states))
+    parts.append(paired_section(reference, pairings, states))
 
     parts += ["", "## Training", ""]
     train = {r.name: r.metrics.get(TRAIN_METRICS) for r in runs}
@@ -931,24 +938,37 @@ def verdict(d: dict[str, Any]) -> str:
     return "beyond noise" if low > 0 or high < 0 else "within noise"
 
 
-def paired_section(
+Pairing = list[tuple[str, str, int, dict[str, Any]]]  # paired_scores' rows
+
+
+def pair_with_reference(
     reference: Run, runs: list[Run], kinds: dict[str, str], states: dict[str, str | None]
+) -> dict[str, Pairing]:
+    """{run: paired_scores against the reference} for each evaluated run with predictions
+    (none where the reference has none): computed once, read by the summary and the
+    ticket-by-ticket section."""
+    before = {} if states[reference.name] else read_predictions(reference.read(PREDICTIONS))
+    pairings = {}
+    for run in runs:
+        after = {} if states[run.name] else read_predictions(run.read(PREDICTIONS))
+        if before and after:
+            pairings[run.name] = paired_scores(before, after, kinds)
+    return pairings
+
+
+def paired_section(
+    reference: Run, pairings: dict[str, Pairing], states: dict[str, str | None]
 ) -> str:
     """Each run's headline scores minus the reference run's on the same test tickets, with a
     95 % paired-bootstrap interval, and the conclusion those intervals support."""
     if states[reference.name]:
         return f"`{reference.name}` is {states[reference.name]}: nothing to pair."
-    before = read_predictions(reference.read(PREDICTIONS))
-    if not before:
+    if not read_predictions(reference.read(PREDICTIONS)):
         return f"`{reference.name}` has no `{PREDICTIONS}`: nothing to pair."
     rows, conclusions = [], []
-    for run in runs:
-        after = {} if states[run.name] else read_predictions(run.read(PREDICTIONS))
-        if not after:
-            continue
-        paired = paired_scores(before, after, kinds)
+    for name, paired in pairings.items():
         rows += [
-            [run.name, task, metric, n, f"{d['delta']:+.4f}",
+            [name, task, metric, n, f"{d['delta']:+.4f}",
              f"[{d['delta_ci95'][0]:+.4f}, {d['delta_ci95'][1]:+.4f}]", verdict(d)]
             for task, metric, n, d in paired
         ]  # fmt: skip
@@ -958,7 +978,7 @@ def paired_section(
             if verdict(d) == "beyond noise"
         ]
         conclusions.append(
-            f"- `{run.name}`: "
+            f"- `{name}`: "
             + (
                 "differs beyond noise on " + ", ".join(beyond)
                 if beyond
