@@ -110,7 +110,7 @@ report: $(VENV)/.installed  ## reports/report.md: workspace vs experiments, curv
 # Needs only git and dvc (CI installs nothing else), so it does not depend on setup.
 BASE ?= main
 pr-report:  ## reports/pr.md: dvc params/metrics/plots diff against BASE (default main)
-	python -m triage.report --pr $(BASE)
+	python -m triage.pr_review $(BASE)
 
 # Benchmarks (bench/): scripts that measure, not tests. About an hour on 2 CPU cores.
 # TICKETS = test tickets per comparison (their records; 0 = the whole test set), REPEATS = runs.

@@ -5,7 +5,8 @@
 - Prepared records, the evaluate stage and the server's processes (tests/test_server.py,
   test_evaluate.py): `task_records`, `mini_workspace`, `run_evaluate`, `stage_env`,
   `owned_processes`, `leaked_shm`, `server_pid`, and the small `SERVE` section.
-- Signals (tests/test_server.py, test_report.py): `default_signal_dispositions`.
+- Signals (tests/test_server.py, test_study.py): `default_signal_dispositions`.
+- Training logs (tests/test_diagnosis.py, test_report.py): `training_log`, `healthy_loss`.
 
 The session fixtures (models, workspaces, experiments) are in tests/conftest.py.
 """
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import psutil
 import yaml
@@ -321,3 +323,33 @@ def default_signal_dispositions() -> None:
     """
     for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
+
+
+# ------------------------------------------------------------------ training logs
+
+STEPS = np.arange(1, 61)
+
+
+def training_log(loss, eval_every: int = 10, eval_loss=None, grad_norm=None, lr: float = 2e-4):
+    """A synthetic training log of 60 steps as metrics/train_loss.csv holds it (eval_loss
+    only on eval steps): the diagnosis and the report read it."""
+    rng = np.random.default_rng(0)
+    evals = np.full(len(STEPS), np.nan)
+    at = STEPS % eval_every == 0
+    evals[at] = (
+        eval_loss if eval_loss is not None else 0.9 + 1.5 * np.exp(-STEPS[at] / 20)
+    )  # falling
+    return pd.DataFrame(
+        {
+            "step": STEPS,
+            "loss": loss,
+            "eval_loss": evals,
+            "learning_rate": lr,
+            "grad_norm": grad_norm if grad_norm is not None else 0.8 + 0.3 * rng.random(60),
+        }
+    )
+
+
+def healthy_loss() -> np.ndarray:
+    rng = np.random.default_rng(1)
+    return 0.6 + 2.5 * np.exp(-STEPS / 15) + rng.normal(0, 0.01, len(STEPS))
