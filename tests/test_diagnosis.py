@@ -42,6 +42,17 @@ def test_oscillating_loss_means_learning_rate_too_large() -> None:
     assert "of its median" in finding.evidence and "threshold 5%" in finding.evidence
 
 
+def test_oscillation_under_length_grouped_batches_says_the_sampler_may_cause_it() -> None:
+    curve = training_log(1.0 + 0.4 * np.sin(1.7 * STEPS) + 0.5 * np.exp(-STEPS / 15), lr=1e-3)
+    (grouped,) = diagnose(
+        curve, {"learning_rate": 1e-3, "train_sampling_strategy": "group_by_length"}
+    )
+    (shuffled,) = diagnose(curve, {"learning_rate": 1e-3, "train_sampling_strategy": "random"})
+    assert grouped.cause == shuffled.cause == "learning rate too large (学习率太大)"
+    assert "train_sampling_strategy: random" in grouped.change
+    assert "grouped by length" not in shuffled.change
+
+
 def test_rising_eval_loss_while_train_loss_falls_means_overfitting() -> None:
     evals = [1.6, 1.3, 1.2, 1.25, 1.35, 1.5]  # lowest at step 30
     (finding,) = diagnose(training_log(healthy_loss(), eval_loss=evals), {"lora_dropout": 0.1})

@@ -91,11 +91,22 @@ def check_loss_oscillating(curve: pd.DataFrame, params: dict[str, Any]) -> Findi
     if mean_rise <= OSC_MAX_RISE:
         return None
     rises = int((steps > 0).sum())
+    change = (
+        f"lower learning_rate{_current(params, 'learning_rate')}, e.g. halve it "
+        "(the guide: 5e-4 often fails to converge, 2e-4 recommended)"
+    )
+    if params.get("train_sampling_strategy") == "group_by_length":
+        # the learning-rate study (docs/studies/README.md): the finding fired at 1e-4..1e-3
+        # alike, and a lower learning rate cost priority macro-F1
+        change += (
+            "; but batches grouped by length make consecutive logs average records of "
+            "different lengths, so the logged loss cycles at any learning rate: compare with "
+            "train_sampling_strategy: random before lowering it"
+        )
     return Finding(
         symptom="loss oscillating (Loss 震荡)",
         cause="learning rate too large (学习率太大)",
-        change=f"lower learning_rate{_current(params, 'learning_rate')}, e.g. halve it "
-        "(the guide: 5e-4 often fails to converge, 2e-4 recommended)",
+        change=change,
         evidence=f"the loss rose between {rises} of {len(steps)} consecutive logs, on average "
         f"by {mean_rise:.1%} of its median {number(level)} per log (threshold "
         f"{OSC_MAX_RISE:.0%}); range {number(float(loss.min()))}..{number(float(loss.max()))}",
