@@ -267,9 +267,35 @@ def train_speed_section(r: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def train_log_section(r: dict[str, Any] | None) -> list[str]:
+    """The whole train stage, evaluations included: where its time went (bench.train_log)."""
+    if not r:
+        return []
+    rows = [
+        [name, f"{run['elapsed_s']:,}", f"{run['train_s']:,}", str(run["evaluations"]),
+         f"{run['eval_s']:,}", f"{run['tokens_per_s_training']:.1f}",
+         f"{run['tokens_per_s_overall']:.1f}"]
+        for name, run in r["runs"].items()
+    ]  # fmt: skip
+    return [
+        "### Where the train stage's time goes",
+        "",
+        provenance(r),
+        "",
+        f"`{r['command'].strip()}`: each run's `{r['log']}` split into optimizer steps and "
+        "evaluations of the validation loss (whole seconds, as LlamaFactory logs them).",
+        "",
+        "| run | train s | steps s | evaluations | evaluation s | tokens/s in steps | "
+        "tokens/s overall |",
+        "|---|---|---|---|---|---|---|",
+        *["| " + " | ".join(row) + " |" for row in rows],
+        "",
+    ]
+
+
 def main() -> None:
     serving, pipeline, speed = load("serving"), load("pipeline"), load("eval_speed")
-    train_speed = load("train_speed")
+    train_speed, train_log = load("train_speed"), load("train_log")
     machines = {machine_line(r["machine"]) for r in (serving, pipeline, speed, train_speed) if r}
     lines = [
         "# Benchmarks",
@@ -286,6 +312,7 @@ def main() -> None:
         *goals(serving, pipeline),
         "",
         *train_speed_section(train_speed),
+        *train_log_section(train_log),
         *serving_section(serving),
         *pipeline_section(pipeline),
         *eval_speed_section(speed),

@@ -81,7 +81,8 @@ def main() -> None:
     for name, run in runs.items():
         print(f"{name}: {run['train_s']} s training at {run['tokens_per_s_training']} tokens/s, "
               f"{run['eval_s']} s in {run['evaluations']} evaluations")  # fmt: skip
-    save("train_log", {"command": "python -m bench.train_log " + " ".join(args.exp or []),
+    command = "python -m bench.train_log" + (" --exp " + " ".join(args.exp) if args.exp else "")
+    save("train_log", {"command": command,
                        "log": LOG, "runs": runs})  # fmt: skip
 
 
