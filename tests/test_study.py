@@ -43,16 +43,18 @@ def test_study_can_be_sized_down() -> None:
     extra = ["max_samples=40", "prepare.max_tickets=200"]
     cmds = study.queue_commands("rank", ["8", "16"], extra)
     assert cmds == [
-        ["dvc", "exp", "run", "--queue", "-n", f"rank-{r}", "-S", f"lora_rank={r}",
-         "-S", "max_samples=40", "-S", "prepare.max_tickets=200"]
+        ["dvc", "exp", "run", "--queue", "-n", f"rank-{r}-max_samples40-prepare.max_tickets200",
+         "-S", f"lora_rank={r}", "-S", "max_samples=40", "-S", "prepare.max_tickets=200"]
         for r in (8, 16)
     ]  # fmt: skip
+    # a sized-down run never passes for the full study's run of the same value
+    assert study.experiment_name("rank", "16", extra) != study.experiment_name("rank", "16")
     out = run(
         [sys.executable, "-m", "triage.study", "rank", "--values", "8", "16", "--dry",
          "-j", "2", "-S", "max_samples=40"],
         REPO,
     ).stdout  # fmt: skip
-    assert "dvc exp run --queue -n rank-8 -S lora_rank=8 -S max_samples=40" in out
+    assert "dvc exp run --queue -n rank-8-max_samples40 -S lora_rank=8 -S max_samples=40" in out
     assert out.rstrip().endswith("dvc queue start -j 2")
 
 

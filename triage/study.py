@@ -87,8 +87,12 @@ def slug(value: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+_-]", "_", joiner.join(parts))
 
 
-def experiment_name(study: str, value: str) -> str:
-    return f"{study}-{slug(value)}"
+def experiment_name(study: str, value: str, extra: Iterable[str] = ()) -> str:
+    """`rank-16`; with overrides for every run, `rank-16-max_samples100`: a study sized down
+    with EXTRA must not pass later for the full study's run of the same value (a run whose
+    name exists on the commit is not queued again)."""
+    parts = [slug(value)] + [slug(item.lstrip("+~").replace("=", "")) for item in extra]
+    return "-".join([study, *parts])
 
 
 def queue_commands(
@@ -98,7 +102,7 @@ def queue_commands(
     param = STUDIES[study].param
     cmds = []
     for value in values:
-        cmd = ["dvc", "exp", "run", "--queue", "-n", experiment_name(study, value)]
+        cmd = ["dvc", "exp", "run", "--queue", "-n", experiment_name(study, value, extra)]
         cmd += ["-S", override(param, value)]
         for item in extra:
             cmd += ["-S", item]
@@ -252,7 +256,7 @@ def main() -> None:
     study = STUDIES[args.study]
     values = args.values or list(study.values)
     commands = queue_commands(args.study, values, args.extra, args.targets)
-    names = [experiment_name(args.study, v) for v in values]
+    names = [experiment_name(args.study, v, args.extra) for v in values]
     if len(set(names)) != len(names):
         raise PipelineError(f"values give duplicate experiment names: {names}")
     print(f"study {args.study}: {study.param} = {' | '.join(values)} ({study.help})")
