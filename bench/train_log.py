@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 from bench.common import save
+from triage.runs import Run
 
 LOG = "models/adapter/trainer_log.jsonl"
 
@@ -64,12 +64,8 @@ def split(lines: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def read_log(exp: str | None) -> list[dict[str, Any]]:
-    if exp is None:
-        text = Path(LOG).read_text(encoding="utf-8")
-    else:
-        import dvc.api
-
-        text = dvc.api.read(LOG, repo=".", rev=exp)
+    """The log of the workspace's run (exp None) or of an experiment's, from the DVC cache."""
+    text = Run(exp or "workspace", exp, {}, {}).read_cached(LOG) or ""
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
