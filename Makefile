@@ -120,6 +120,7 @@ REPEATS ?= 3
 bench: setup  ## measure serving, evaluation and pipeline speed -> BENCHMARKS.md
 	dvc repro
 	BENCH_REPEATS=$(REPEATS) python -m bench.train_speed
+	python -m bench.train_options
 	BENCH_TICKETS=$(TICKETS) BENCH_REPEATS=$(REPEATS) python -m bench.eval_speed
 	BENCH_TICKETS=$(TICKETS) BENCH_REPEATS=$(REPEATS) python -m bench.serving
 	BENCH_REPEATS=$(REPEATS) python -m bench.pipeline

@@ -45,7 +45,8 @@ def spread(values: list[float]) -> dict[str, Any]:
 
 
 def timed(cmd: list[str], **kw: Any) -> tuple[float, subprocess.CompletedProcess[str]]:
-    """Run a command to completion; (wall seconds, the finished process). Fails loudly."""
+    """Run a command to completion; (wall seconds, the finished process). Fails loudly (a
+    `timeout=` in `kw` raises subprocess.TimeoutExpired after killing the command)."""
     started = time.monotonic()
     proc = subprocess.run(cmd, text=True, capture_output=True, **kw)
     wall = time.monotonic() - started

@@ -267,6 +267,64 @@ def train_speed_section(r: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def train_options_section(r: dict[str, Any] | None, pair: dict[str, Any] | None) -> list[str]:
+    """LlamaFactory's speed options against the default, on the same records (train_options);
+    `pair`: a longer comparison of one option with the default (BENCH_OPTIONS)."""
+    from bench.train_options import OPTIONS
+
+    if not r:
+        return []
+
+    def rows(result: dict[str, Any]) -> list[str]:
+        out = []
+        for name in [n for n in OPTIONS if n in result["runs"]]:
+            run, label = result["runs"][name], OPTIONS[name][0]
+            args = " ".join(f"`{o}`" for o in run["overrides"] if "model_name_or_path" not in o)
+            option = f"{label} ({args})" if args else label
+            if not run["finished"]:
+                out.append(f"| {option} | not finished within {run['timeout_s']:.0f} s | | | | |")
+                continue
+            out.append(
+                f"| {option} | {median_range(run['train_runtime_s'], '{:.1f}')} | "
+                f"{run['optimizer_steps']} | {run['tokens_per_s']:.1f} | "
+                f"{run['vs_default']:.2f}x | {run['train_loss']} |"
+            )
+        return out
+
+    header = [
+        "| option | train s | optimizer steps | tokens/s | speed vs default | train loss |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines = [
+        "### LlamaFactory's speed options",
+        "",
+        provenance(r),
+        "",
+        f"`python -m bench.train_options`: the default's config trained once over the same first "
+        f"{r['records']} training records ({r['record_tokens']:,} tokens) with each option, "
+        f"alternating, {r['repeats']} runs each. Tokens/s is those tokens over the training time "
+        "(packing adds padding of its own). The losses do not compare across packing: it "
+        "changes the batches, and without neat packing a record attends to the records packed "
+        "before it. `torch_compile` compiles from nothing in its first run and reuses "
+        "TorchInductor's cache in the next.",
+        "",
+        *header,
+        *rows(r),
+        "",
+    ]
+    if pair:
+        names = [n for n in pair["runs"] if n != "default"]
+        lines += [
+            f"`BENCH_OPTIONS={','.join(names)} python -m bench.train_options` "
+            f"({pair['measured']}): the same, {pair['repeats']} runs each.",
+            "",
+            *header,
+            *rows(pair),
+            "",
+        ]
+    return lines
+
+
 def train_log_section(r: dict[str, Any] | None) -> list[str]:
     """The whole train stage, evaluations included: where its time went (bench.train_log)."""
     if not r:
@@ -296,6 +354,7 @@ def train_log_section(r: dict[str, Any] | None) -> list[str]:
 def main() -> None:
     serving, pipeline, speed = load("serving"), load("pipeline"), load("eval_speed")
     train_speed, train_log = load("train_speed"), load("train_log")
+    train_options, bf16_pair = load("train_options"), load("train_options_bf16_base")
     machines = {machine_line(r["machine"]) for r in (serving, pipeline, speed, train_speed) if r}
     lines = [
         "# Benchmarks",
@@ -312,6 +371,7 @@ def main() -> None:
         *goals(serving, pipeline),
         "",
         *train_speed_section(train_speed),
+        *train_options_section(train_options, bf16_pair),
         *train_log_section(train_log),
         *serving_section(serving),
         *pipeline_section(pipeline),
@@ -321,6 +381,7 @@ def main() -> None:
         "```",
         "make bench                      # all of it, then BENCHMARKS.md",
         "python -m bench.train_speed     # one part (with .venv on PATH, as make does)",
+        "python -m bench.train_options",
         "python -m bench.eval_speed",
         "python -m bench.serving",
         "python -m bench.pipeline",

@@ -82,17 +82,28 @@ def tree(label: str, rev: str | None) -> Path:
     return dest
 
 
-def train_once(ws: Path) -> dict[str, float]:
-    """One LlamaFactory run of the tree's config for STEPS steps, as the train stage runs it."""
+def llamafactory_train(ws: Path, *overrides: str, timeout: float | None = None) -> Path:
+    """`llamafactory-cli train` of the tree's config with the machine settings the train stage
+    adds, no evaluation, no checkpoints, plus `overrides`; returns its output_dir."""
     out = ws / "runs" / "bench-train"
     shutil.rmtree(out, ignore_errors=True)
     config = yaml.safe_load((ws / "configs" / "train.yaml").read_text())
     cmd = ["llamafactory-cli", "train", "configs/train.yaml", f"output_dir={out}",
-           f"max_steps={STEPS}", "eval_strategy='no'", "save_strategy='no'", "report_to=none",
+           "eval_strategy='no'", "save_strategy='no'", "report_to=none",
            "include_num_input_tokens_seen=non_padding", "use_cpu=true"]  # fmt: skip
     if config.get("bf16") and not cpu_has_bf16():
         cmd.append("bf16=false")  # as the train stage decides on such a CPU
-    wall, _ = timed(cmd, cwd=ws, env={**os.environ, "DISABLE_VERSION_CHECK": "1"})
+    env = {**os.environ, "DISABLE_VERSION_CHECK": "1"}
+    timed([*cmd, *overrides], cwd=ws, env=env, timeout=timeout)
+    return out
+
+
+def train_once(ws: Path) -> dict[str, float]:
+    """One LlamaFactory run of the tree's config for STEPS steps, as the train stage runs it."""
+    config = yaml.safe_load((ws / "configs" / "train.yaml").read_text())
+    started = time.monotonic()
+    out = llamafactory_train(ws, f"max_steps={STEPS}")
+    wall = time.monotonic() - started
     results = json.loads((out / "all_results.json").read_text())
     state = json.loads((out / "trainer_state.json").read_text())
     runtime = results["train_runtime"]

@@ -92,3 +92,28 @@ def test_machine_facts_need_no_serving_environment(tmp_path: Path, monkeypatch) 
     assert serve_version() is None
     monkeypatch.setenv("TICKET_SERVE_PYTHON", str(tmp_path / "missing" / "python"))
     assert serve_version() is None
+
+
+def test_train_options_table_shows_unfinished_runs_as_such() -> None:
+    """An option that timed out (torch_compile still compiling) gets no speed, not a zero."""
+    from bench.report import train_options_section
+
+    run = {"finished": True, "train_runtime_s": spread([60.0, 62.0]), "optimizer_steps": 30,
+           "tokens_per_s": 300.0, "vs_default": 1.0, "train_loss": 1.2}  # fmt: skip
+    result = {
+        "records": 120, "record_tokens": 18000, "repeats": 2, "machine": {}, "measured": "",
+        "runs": {
+            "default": {**run, "overrides": []},
+            "packing": {**run, "overrides": ["packing=true"], "train_runtime_s": spread([50.0]),
+                        "tokens_per_s": 360.0, "vs_default": 1.22},
+            "torch_compile": {"overrides": ["torch_compile=true"], "finished": False,
+                              "timeout_s": 600.0},
+        },
+    }  # fmt: skip
+    rows = [line for line in train_options_section(result, None) if line.startswith("| ")]
+    assert rows[1:] == [
+        "| the default | 61.0 (60.0-62.0) | 30 | 300.0 | 1.00x | 1.2 |",
+        "| packing (`packing=true`) | 50.0 (1 run) | 30 | 360.0 | 1.22x | 1.2 |",
+        "| torch.compile (`torch_compile=true`) | not finished within 600 s | | | | |",
+    ]
+    assert train_options_section(None, None) == []
