@@ -112,7 +112,7 @@ BASE ?= main
 pr-report:  ## reports/pr.md: dvc params/metrics/plots diff against BASE (default main)
 	python -m triage.pr_review $(BASE)
 
-# Benchmarks (bench/): scripts that measure, not tests. About an hour on 2 CPU cores.
+# Benchmarks (bench/): scripts that measure, not tests; each trains or serves several times.
 # TICKETS = test tickets per comparison (their records; 0 = the whole test set), REPEATS = runs.
 .PHONY: bench
 TICKETS ?= 40
