@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export TICKET_SERVE_PYTHON ?= $(CURDIR)/$(SERVE_VENV)/bin/python
 
-.PHONY: help setup repro exp tensorboard test lint format clean
+.PHONY: help setup repro exp tensorboard test test-files lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -49,6 +49,13 @@ tensorboard:  ## TensorBoard on the current training's logs
 
 test: setup  ## run the test suite
 	python -m pytest $(PYTEST_ARGS)
+
+# Each file in its own pytest process: a test that passes only because another file's test
+# built a shared fixture or left a file behind fails here.
+test-files: setup  ## run each test file alone
+	@failed=""; for f in tests/test_*.py; do \
+	  python -m pytest -q $(PYTEST_ARGS) $$f || failed="$$failed $$f"; done; \
+	test -z "$$failed" || { echo "failed alone:$$failed"; exit 1; }
 
 lint:  ## ruff
 	ruff check stages triage tests data bench
