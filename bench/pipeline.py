@@ -7,7 +7,10 @@ DVC cache; the workspace is not touched):
   `dvc exp run -S lora_rank=<half>`: which stages rerun, and the time outside them;
 - (d) the train stage (`python -m stages.train`, DVC's command) against the command it runs,
   `llamafactory-cli train configs/train.yaml ...`, typed by hand, alternately, BENCH_REPEATS
-  times each: LlamaFactory's samples/s and tokens/s, wall time and peak memory.
+  times each: LlamaFactory's samples/s and tokens/s, wall time and peak memory. Both train
+  the default's config sized down to BENCH_PARITY_RECORDS records for one epoch (default
+  120; 0 = the default as it is): the comparison needs the same config on both sides, not
+  the whole training several times over.
 
     python -m bench.pipeline
 """
@@ -112,8 +115,24 @@ def experiment(ws: Path) -> dict[str, Any]:
     }
 
 
+def size_down(ws: Path, records: int) -> None:
+    """The copy's params and config set to train `records` records once (configure stage)."""
+    params_path = ws / "params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    params.update(max_samples=records, num_train_epochs=1)
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    timed(
+        [sys.executable, "-m", "stages.configure"],
+        cwd=ws,
+        env={**os.environ, "PYTHONPATH": str(ws)},
+    )
+
+
 def train_parity(ws: Path, n: int) -> dict[str, Any]:
     """The train stage vs its LlamaFactory command typed by hand, alternately."""
+    records = int(os.environ.get("BENCH_PARITY_RECORDS", "120"))
+    if records:
+        size_down(ws, records)
     config = yaml.safe_load((ws / "configs/train.yaml").read_text())
     env = {**os.environ, "PYTHONPATH": str(ws)}
     hand_dir = ws / "runs" / "hand"
@@ -137,7 +156,7 @@ def train_parity(ws: Path, n: int) -> dict[str, Any]:
                               "tokens_per_s": m.get("train_tokens_per_second"),
                               "train_loss": m["train_loss"]})  # fmt: skip
             print(f"  train ({who}): {rows[who][-1]}", flush=True)
-    out: dict[str, Any] = {"hand_command": " ".join(hand_cmd)}
+    out: dict[str, Any] = {"hand_command": " ".join(hand_cmd), "records": records or None}
     for who, runs in rows.items():
         out[who] = {k: spread([r[k] for r in runs]) for k in runs[0] if runs[0][k] is not None}
     for k in ("samples_per_s", "tokens_per_s"):

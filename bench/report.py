@@ -55,6 +55,13 @@ def provenance(r: dict[str, Any]) -> str:
     return f"Measured {r['measured']} on {m.get('cpu', '?')} ({flags})."
 
 
+def overlap(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """Whether two spreads' min-max ranges overlap: a difference inside them is not a finding."""
+    if a["min"] <= b["max"] and b["min"] <= a["max"]:
+        return "the two ranges overlap"
+    return "the two ranges do not overlap"
+
+
 def goals(serving: dict | None, pipeline: dict | None) -> list[str]:
     a = serving and serving["served_vs_llamafactory"]
     b = serving and serving["served_vs_offline"]
@@ -160,7 +167,13 @@ def pipeline_section(r: dict[str, Any] | None) -> list[str]:
         f"### (d) Train stage vs the same LlamaFactory command by hand ({r['repeats']} runs "
         "each, alternating)",
         "",
-        f"By hand: `{t['hand_command']}`",
+        f"By hand: `{t['hand_command']}`"
+        + (
+            f", both on the default's config sized down to {t['records']} records, one epoch "
+            "(`BENCH_PARITY_RECORDS`)."
+            if t.get("records")
+            else ""
+        ),
         "",
         "| | samples/s | tokens/s | wall s | peak RSS MB |",
         "|---|---|---|---|---|",
@@ -176,10 +189,11 @@ def pipeline_section(r: dict[str, Any] | None) -> list[str]:
     out += [
         "",
         f"Stage / hand: samples/s {t.get('samples_per_s_stage_vs_hand')}, tokens/s "
-        f"{t.get('tokens_per_s_stage_vs_hand')} (LlamaFactory's own figures; the spread of "
-        "either is wider than the difference). The stage's extra wall time is its own work: "
-        "Python start-up and imports (torch, to count GPUs), the fingerprint, copying the "
-        "adapter, the loss-curve CSV and metrics.",
+        f"{t.get('tokens_per_s_stage_vs_hand')} (LlamaFactory's own figures; "
+        f"{overlap(t['stage']['samples_per_s'], t['hand']['samples_per_s'])}); wall time "
+        f"{t['stage']['wall_s']['median'] / t['hand']['wall_s']['median']:.3f}. The stage's "
+        "extra wall time is its own work: Python start-up and imports (torch, to count GPUs), "
+        "the fingerprint, copying the adapter, the loss-curve CSV and metrics.",
         "",
     ]
     return out
