@@ -145,7 +145,9 @@ def pipeline_section(r: dict[str, Any] | None) -> list[str]:
         "A stage's time runs from DVC's `Running stage` line to the next one, so it includes "
         "DVC hashing and caching its outputs. "
         + (
-            f"Skipped: {', '.join(skipped)} (their outputs are committed and match dvc.lock)."
+            f"Skipped: {', '.join(skipped)} (their dependencies, as this run made them, matched "
+            "dvc.lock, and their outputs are committed; a model trained on the machine that "
+            "made dvc.lock can come out bit for bit the same)."
             if (skipped := w.get("skipped"))  # recorded by the run: the pipeline changes
             else f"Measured {r.get('measured', '(date not recorded)')}, on that day's pipeline."
         ),
