@@ -82,9 +82,11 @@ def tree(label: str, rev: str | None) -> Path:
     return dest
 
 
-def llamafactory_train(ws: Path, *overrides: str, timeout: float | None = None) -> Path:
+def llamafactory_train(
+    ws: Path, *overrides: str, timeout: float | None = None
+) -> tuple[float, Path]:
     """`llamafactory-cli train` of the tree's config with the machine settings the train stage
-    adds, no evaluation, no checkpoints, plus `overrides`; returns its output_dir."""
+    adds, no evaluation, no checkpoints, plus `overrides`; (wall seconds, its output_dir)."""
     out = ws / "runs" / "bench-train"
     shutil.rmtree(out, ignore_errors=True)
     config = yaml.safe_load((ws / "configs" / "train.yaml").read_text())
@@ -94,16 +96,14 @@ def llamafactory_train(ws: Path, *overrides: str, timeout: float | None = None) 
     if config.get("bf16") and not cpu_has_bf16():
         cmd.append("bf16=false")  # as the train stage decides on such a CPU
     env = {**os.environ, "DISABLE_VERSION_CHECK": "1"}
-    timed([*cmd, *overrides], cwd=ws, env=env, timeout=timeout)
-    return out
+    wall, _ = timed([*cmd, *overrides], cwd=ws, env=env, timeout=timeout)
+    return wall, out
 
 
 def train_once(ws: Path) -> dict[str, float]:
     """One LlamaFactory run of the tree's config for STEPS steps, as the train stage runs it."""
     config = yaml.safe_load((ws / "configs" / "train.yaml").read_text())
-    started = time.monotonic()
-    out = llamafactory_train(ws, f"max_steps={STEPS}")
-    wall = time.monotonic() - started
+    wall, out = llamafactory_train(ws, f"max_steps={STEPS}")
     results = json.loads((out / "all_results.json").read_text())
     state = json.loads((out / "trainer_state.json").read_text())
     runtime = results["train_runtime"]
