@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,40 +27,20 @@ import yaml
 
 from bench.common import ROOT, WORK, repeats, save, spread, timed
 from bench.pipeline import copy_repo
-from triage.machine import cpu_has_bf16
+from triage.machine import cpu_has_bf16, matmul_peak
 
 BEFORE = os.environ.get("BENCH_TRAIN_BEFORE", "4ac7663")
 STEPS = int(os.environ.get("BENCH_TRAIN_STEPS", "15"))
 
 
 def gemm_peak() -> dict[str, Any]:
-    """Best TFLOP/s of torch.matmul per dtype over a few shapes (median of 5 timings each).
+    """Best TFLOP/s of torch.matmul per dtype (triage.machine.matmul_peak, as the train stage).
 
     bfloat16 is measured only where the CPU computes it natively: emulated, these shapes
     take more than ten minutes, and the train stage computes in float32 there anyway.
     """
-    import torch
-
-    shapes = [(1200, 576, 1536), (1200, 1536, 576), (1200, 576, 49152), (2048, 2048, 2048)]
-    best: dict[str, Any] = {}
-    for dtype in (torch.float32, torch.bfloat16) if cpu_has_bf16() else (torch.float32,):
-        rates = []
-        for m, k, n in shapes:
-            a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-            torch.matmul(a, b)  # warm-up
-            times = []
-            for _ in range(5):
-                started = time.perf_counter()
-                torch.matmul(a, b)
-                times.append(time.perf_counter() - started)
-            rates.append(2 * m * k * n / sorted(times)[2] / 1e12)
-        best[str(dtype).removeprefix("torch.")] = {
-            "tflops": round(max(rates), 3),
-            "per_shape": {
-                f"{m}x{k}x{n}": round(r, 3) for (m, k, n), r in zip(shapes, rates, strict=True)
-            },
-        }
-    return best
+    dtypes = ("float32", "bfloat16") if cpu_has_bf16() else ("float32",)
+    return {dtype: matmul_peak(dtype) for dtype in dtypes}
 
 
 def tree(label: str, rev: str | None) -> Path:

@@ -7,7 +7,10 @@ its own; this stage only makes sure those checkpoints belong to the same config 
 (a fingerprint file), and starts afresh otherwise, and removes a checkpoint that a crash cut
 short while it was written (LlamaFactory would try to resume from it and fail). On success
 the adapter, its logs and TensorBoard events move to `models/adapter/`, and the metrics and
-loss curve to `metrics/`.
+loss curve to `metrics/`. While it trains, the stage follows LlamaFactory's log into DVCLive
+(`metrics/dvclive/`), so `dvc exp show` and `dvc plots show` see the run as it goes. After it,
+the stage measures this machine's matmul peak (about a second) and reports the run's rate as
+a fraction of it.
 
 Machine-dependent settings are added on the command line, not stored in the config:
 `use_cpu=true` where no GPU is visible (bf16 on a CPU needs it; `bf16=false` on a CPU without
@@ -37,10 +40,13 @@ from triage.files import atomic_dir, run_main, write_json, write_text
 from triage.params import PipelineError, load_params
 from triage.training import (
     CONFIG,
+    LiveLog,
     command,
     fingerprint,
     incomplete_checkpoints,
     loss_curve,
+    matmul_efficiency,
+    parameter_count,
     run_child,
     summarise,
     what_ran,
@@ -49,6 +55,7 @@ from triage.training import (
 ADAPTER = Path("models/adapter")
 METRICS = Path("metrics/train.json")
 LOSS_PLOT = Path("metrics/train_loss.csv")
+LIVE = Path("metrics/dvclive")
 FINGERPRINT = "pipeline_fingerprint.txt"
 KEEP = (  # what LlamaFactory leaves in output_dir that belongs with the adapter
     "adapter_config.json", "adapter_model.safetensors", "trainer_log.jsonl", "trainer_state.json",
@@ -76,9 +83,10 @@ def main() -> None:
 
     cmd, env = command(config, params.get("train", {}))
     print(("train: resuming: " if resumed else "train: ") + " ".join(cmd), flush=True)
+    live = LiveLog(output_dir / "trainer_log.jsonl", LIVE)
     started = time.monotonic()
     try:
-        returncode = run_child(cmd, env)
+        returncode = run_child(cmd, env, every=live.update)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP (Terminated)
         signum = getattr(e, "signum", signal.SIGINT)
         print(
@@ -96,8 +104,13 @@ def main() -> None:
     peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
     metrics = summarise(output_dir, runtime, peak_rss_mb)
+    live.end()
     metrics["resumed_from_checkpoint"] = resumed
-    metrics["ran_on"] = what_ran(config, cmd)
+    metrics["ran_on"] = ran_on = what_ran(config, cmd)
+    device = "cuda" if ran_on["device"].startswith("cuda") else "cpu"
+    parameters = parameter_count(Path(config["model_name_or_path"]))
+    tokens_per_s = metrics.get("train_tokens_per_second")
+    metrics |= matmul_efficiency(tokens_per_s, parameters, ran_on["precision"], device)
     with atomic_dir(ADAPTER) as tmp:
         for name in KEEP:
             if (output_dir / name).exists():

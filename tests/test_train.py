@@ -89,6 +89,30 @@ def test_launch_on_several_gpus_uses_llamafactory_torchrun(monkeypatch) -> None:
     assert env["FORCE_TORCHRUN"] == "1" and env["NPROC_PER_NODE"] == "8"
 
 
+def test_live_log_follows_the_training_log(tmp_path: Path, monkeypatch) -> None:
+    """DVCLive gets each line LlamaFactory completes while it trains; a half-written line waits."""
+    monkeypatch.chdir(tmp_path)  # not a git or DVC repository: DVCLive only writes its files
+    log = tmp_path / "trainer_log.jsonl"
+    live = training.LiveLog(log, Path("live"))
+    live.update()  # nothing logged yet
+    first = {"current_steps": 5, "total_steps": 10, "loss": 2.0, "lr": 1e-3, "throughput": 300.0}
+    second = json.dumps({"current_steps": 10, "total_steps": 10, "loss": 1.5, "lr": 5e-4})
+    log.write_text(json.dumps(first) + "\n" + second[:20])
+    live.update()
+    summary = json.loads(Path("live/metrics.json").read_text())
+    assert summary["step"] == 5
+    assert summary["train"] == {"loss": 2.0, "learning_rate": 1e-3, "tokens_per_second": 300.0}
+    with log.open("a") as f:
+        f.write(second[20:] + "\n" + json.dumps({"current_steps": 10, "eval_loss": 1.7}) + "\n")
+    live.end()
+    summary = json.loads(Path("live/metrics.json").read_text())
+    assert summary["step"] == 10 and summary["train"]["loss"] == 1.5
+    assert summary["eval"] == {"loss": 1.7}
+    losses = Path("live/plots/metrics/train/loss.tsv").read_text().splitlines()
+    assert [row.split("\t") for row in losses] == [["step", "loss"], ["5", "2.0"], ["10", "1.5"]]
+    assert not Path("dvc.yaml").exists()
+
+
 # ------------------------------------------------------------------ the tiny pipeline (slow)
 
 
@@ -119,6 +143,19 @@ def test_train_outputs(tiny_workspace: Path) -> None:
     assert metrics["trainable_parameters"] == 2 * per_layer
     curve = (tiny_workspace / "metrics" / "train_loss.csv").read_text().splitlines()
     assert curve[0].startswith("step,loss,eval_loss") and len(curve) > 3
+    # DVCLive followed the same log while it trained, and left dvc.yaml alone
+    live = tiny_workspace / "metrics" / "dvclive"
+    live_losses = (live / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
+    curve_losses = [row for row in curve[1:] if row.split(",")[1]]
+    assert len(live_losses) - 1 == len(curve_losses)
+    assert json.loads((live / "metrics.json").read_text())["step"] == int(curve[-1].split(",")[0])
+    assert run(["git", "status", "--porcelain", "dvc.yaml"], tiny_workspace).stdout == ""
+    # the run's matmul rate against the machine's measured peak in its dtype
+    assert metrics["matmul_dtype"] == {"bf16 mixed": "bfloat16"}.get(
+        metrics["ran_on"]["precision"], "float32"
+    )
+    assert metrics["matmul_peak_tflops"] > 0
+    assert 0 < metrics["fraction_of_matmul_peak"] < 1
     assert not (tiny_workspace / "runs" / "train").exists()  # nothing left to resume
     merged = tiny_workspace / "models" / "merged"
     assert (merged / "model.safetensors").is_file() and (merged / "tokenizer.json").is_file()

@@ -17,12 +17,13 @@ import math
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from triage.machine import cpu_has_bf16
+from triage.machine import cpu_has_bf16, matmul_peak
 from triage.signals import die_with_parent, raise_terminated
 
 CONFIG = Path("configs/train.yaml")  # rendered by the configure stage, run by LlamaFactory
@@ -109,9 +110,73 @@ def summarise(output_dir: Path, runtime_s: float, peak_rss_mb: float) -> dict[st
     tokens = state.get("num_input_tokens_seen") or results.get("num_input_tokens_seen")
     if tokens and results.get("train_runtime"):
         metrics["train_tokens_per_second"] = round(tokens / results["train_runtime"], 1)
-    trainable = trainable_parameters(output_dir / "adapter_model.safetensors")
+    trainable = parameter_count(output_dir / "adapter_model.safetensors")
     metrics["trainable_parameters"] = trainable
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
+
+
+class LiveLog:
+    """LlamaFactory's trainer_log.jsonl, followed while it trains and logged to DVCLive.
+
+    DVCLive writes `metrics.json` (the latest values) and a TSV per metric under `plots/`, so
+    `dvc exp show` and `dvc plots show` see the loss, eval loss, learning rate and tokens/s of
+    a run while it trains. The stage owns the `Live` instead of `report_to=dvclive`: that
+    callback creates `Live()` with its defaults, which rewrite the project's dvc.yaml at every
+    step and log every TrainingArguments field as a param.
+    """
+
+    FIELDS = {"loss": "train/loss", "lr": "train/learning_rate",
+              "throughput": "train/tokens_per_second", "eval_loss": "eval/loss"}  # fmt: skip
+
+    def __init__(self, log_path: Path, live_dir: Path) -> None:
+        from dvclive import Live
+
+        self.log_path, self.read = log_path, 0
+        self.live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False)
+
+    def update(self) -> None:
+        """Log the lines LlamaFactory completed since the last call (a half-written last line
+        waits for the next)."""
+        if not self.log_path.exists():
+            return
+        with self.log_path.open("rb") as f:
+            f.seek(self.read)
+            new = f.read()
+        new = new[: new.rfind(b"\n") + 1]
+        self.read += len(new)
+        for line in new.decode().splitlines():
+            row = json.loads(line) if line.strip() else {}
+            logged = {name: row[key] for key, name in self.FIELDS.items() if key in row}
+            if not logged:
+                continue
+            self.live.step = row["current_steps"]
+            for name, value in logged.items():
+                self.live.log_metric(name, value)
+            self.live.next_step()
+
+    def end(self) -> None:
+        self.update()
+        self.live.end()
+
+
+def matmul_efficiency(
+    tokens_per_s: float | None, parameters: int | None, precision: str, device: str
+) -> dict[str, Any]:
+    """The run's matmul rate against this machine's matmul peak in the dtype it computed in.
+
+    A LoRA step's useful work is counted as 4 x parameters x tokens: the forward pass (2) and
+    the backward pass through the frozen weights to the adapters (2); the adapters' own
+    gradients are small, activation recomputation is not useful work.
+    """
+    dtype = {"bf16 mixed": "bfloat16", "fp16": "float16"}.get(precision, "float32")
+    peak = matmul_peak(dtype, device)
+    achieved = 4 * parameters * tokens_per_s / 1e12 if tokens_per_s and parameters else None
+    return {
+        "matmul_dtype": dtype,
+        "matmul_peak_tflops": peak["tflops"],
+        "achieved_tflops": round(achieved, 4) if achieved else None,
+        "fraction_of_matmul_peak": round(achieved / peak["tflops"], 3) if achieved else None,
+    }
 
 
 def what_ran(config: dict[str, Any], cmd: list[str]) -> dict[str, Any]:
@@ -131,23 +196,45 @@ def what_ran(config: dict[str, Any], cmd: list[str]) -> dict[str, Any]:
     }
 
 
-def trainable_parameters(adapter: Path) -> int:
-    """Count the LoRA parameters from the saved adapter (exact, independent of the logs)."""
+def parameter_count(path: Path) -> int | None:
+    """Parameters in a safetensors file, or in all of a folder's (exact, read from the headers;
+    tied weights are stored once). None where there are none (a hub id)."""
     from safetensors import safe_open
 
-    with safe_open(adapter, framework="pt") as f:
-        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+    if not files or not files[0].exists():
+        return None
+    total = 0
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            total += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
+    return total
 
 
-def run_child(cmd: list[str], env: dict[str, str], grace_s: float = 30.0) -> int:
-    """Run `cmd` and return its exit code. If this process is interrupted (KeyboardInterrupt,
-    or SIGTERM/SIGHUP turned into `Terminated`), the child gets SIGTERM, then SIGKILL after
-    grace_s, and is reaped before the exception goes on."""
+def run_child(
+    cmd: list[str],
+    env: dict[str, str],
+    grace_s: float = 30.0,
+    every: Callable[[], None] | None = None,
+    every_s: float = 10.0,
+) -> int:
+    """Run `cmd` and return its exit code, calling `every` each `every_s` seconds while it
+    runs and once after. If this process is interrupted (KeyboardInterrupt, or SIGTERM/SIGHUP
+    turned into `Terminated`), the child gets SIGTERM, then SIGKILL after grace_s, and is
+    reaped before the exception goes on."""
 
     proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent)
     handlers = {s: signal.signal(s, raise_terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        return proc.wait()
+        while True:
+            try:
+                returncode = proc.wait(every_s if every else None)
+            except subprocess.TimeoutExpired:
+                every()  # type: ignore[misc]  # only reached with `every`
+                continue
+            if every:
+                every()
+            return returncode
     finally:
         if proc.poll() is None:
             proc.terminate()
