@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from bench.common import ROOT, load
+from bench.common import RESULTS, ROOT, load
 from triage.files import write_text
 
 OUT = ROOT / "BENCHMARKS.md"
@@ -290,9 +290,9 @@ def train_speed_section(r: dict[str, Any] | None) -> list[str]:
     ]
 
 
-def train_options_section(r: dict[str, Any] | None, pair: dict[str, Any] | None) -> list[str]:
+def train_options_section(r: dict[str, Any] | None, pairs: list[dict[str, Any]]) -> list[str]:
     """LlamaFactory's speed options against the default, on the same records (train_options);
-    `pair`: a longer comparison of one option with the default (BENCH_OPTIONS)."""
+    `pairs`: comparisons of some options with the default run on their own (BENCH_OPTIONS)."""
     from bench.train_options import OPTIONS
 
     if not r:
@@ -335,7 +335,7 @@ def train_options_section(r: dict[str, Any] | None, pair: dict[str, Any] | None)
         *rows(r),
         "",
     ]
-    if pair:
+    for pair in pairs:
         names = [n for n in pair["runs"] if n != "default"]
         lines += [
             f"`BENCH_OPTIONS={','.join(names)} python -m bench.train_options` "
@@ -346,6 +346,61 @@ def train_options_section(r: dict[str, Any] | None, pair: dict[str, Any] | None)
             "",
         ]
     return lines
+
+
+def train_profile_section(r: dict[str, Any] | None) -> list[str]:
+    """Where a training step's time goes, by op group (bench.train_profile)."""
+    if not r:
+        return []
+    groups = [f"| {name} | {share:.0%} |" for name, share in r["share_by_group"].items()]
+    ops = [f"| `{o['op']}` | {o['share']:.1%} | {o['calls_per_step']} |" for o in r["top_ops"]]
+    return [
+        "### Where a training step's time goes",
+        "",
+        provenance(r),
+        "",
+        f"`python -m bench.train_profile`: torch.profiler over LlamaFactory's own training of "
+        f"`{r['config']}` ({r['dtype']}), optimizer steps {r['after_warmup_steps'] + 1} to "
+        f"{r['after_warmup_steps'] + r['steps_profiled']}; each op's self time, "
+        f"{r['op_seconds_per_step']:.2f} s per step in all.",
+        "",
+        "| op group | share of the step |",
+        "|---|---|",
+        *groups,
+        "",
+        "| op (the 15 longest) | share | calls per step |",
+        "|---|---|---|",
+        *ops,
+        "",
+    ]
+
+
+def client_speed_section(r: dict[str, Any] | None) -> list[str]:
+    """The evaluate stage's request loop before and after the openai client (bench.client_speed)."""
+    if not r:
+        return []
+    before, after = r["before"], r["after"]
+    return [
+        "### The request loop: hand-written httpx against the openai client",
+        "",
+        provenance(r),
+        "",
+        f"`python -m bench.client_speed`: the same {r['requests']} request bodies to one vLLM "
+        f"server, alternating the evaluate client of commit {r['before_rev']} (asyncio + httpx, "
+        "its own retry loop) and today's (the openai client, retries by tenacity), "
+        f"{r['repeats']} passes each after a warm-up; each pass in a process of its own.",
+        "",
+        "| client | requests/s | errors |",
+        "|---|---|---|",
+        f"| httpx, {r['before_rev']} | {median_range(before['requests_per_s'])} | "
+        f"{before['errors']} |",
+        f"| openai | {median_range(after['requests_per_s'])} | {after['errors']} |",
+        "",
+        f"openai / httpx: {r['after_vs_before']}x "
+        f"({overlap(before['requests_per_s'], after['requests_per_s'])}). Same answers in the "
+        f"first pass of each: {r['same_answers_first_pass']}.",
+        "",
+    ]
 
 
 def train_log_section(r: dict[str, Any] | None) -> list[str]:
@@ -377,7 +432,9 @@ def train_log_section(r: dict[str, Any] | None) -> list[str]:
 def main() -> None:
     serving, pipeline, speed = load("serving"), load("pipeline"), load("eval_speed")
     train_speed, train_log = load("train_speed"), load("train_log")
-    train_options, bf16_pair = load("train_options"), load("train_options_bf16_base")
+    train_options = load("train_options")
+    option_pairs = [load(p.stem) for p in sorted(RESULTS.glob("train_options_*.json"))]
+    profile, client = load("train_profile"), load("client_speed")
     machines = {machine_line(r["machine"]) for r in (serving, pipeline, speed, train_speed) if r}
     lines = [
         "# Benchmarks",
@@ -394,17 +451,21 @@ def main() -> None:
         *goals(serving, pipeline),
         "",
         *train_speed_section(train_speed),
-        *train_options_section(train_options, bf16_pair),
+        *train_options_section(train_options, option_pairs),
+        *train_profile_section(profile),
         *train_log_section(train_log),
         *serving_section(serving),
         *pipeline_section(pipeline),
         *eval_speed_section(speed),
+        *client_speed_section(client),
         "## Reproduce",
         "",
         "```",
         "make bench                      # all of it, then BENCHMARKS.md",
         "python -m bench.train_speed     # one part (with .venv on PATH, as make does)",
         "python -m bench.train_options",
+        "python -m bench.train_profile",
+        "python -m bench.client_speed",
         "python -m bench.eval_speed",
         "python -m bench.serving",
         "python -m bench.pipeline",

@@ -53,6 +53,11 @@ OPTIONS = {  # name: (what it is, LlamaFactory arguments)
     ),
     "neat_packing": ("neat packing", ["neat_packing=true"]),
     "bf16_base": ("frozen weights stored in bfloat16", [f"model_name_or_path={BF16_BASE}"]),
+    "batch_8": ("batches of 8 (half the optimizer steps)", ["per_device_train_batch_size=8"]),
+    "batch_8_bf16_base": (
+        "batches of 8, frozen weights stored in bfloat16",
+        ["per_device_train_batch_size=8", f"model_name_or_path={BF16_BASE}"],
+    ),
     "torch_compile": ("torch.compile", ["torch_compile=true"]),
 }
 
@@ -112,10 +117,15 @@ def main() -> None:
     chosen = os.environ.get("BENCH_OPTIONS")  # e.g. "bf16_base": only it beside the default
     wanted = ("default", *chosen.split(",")) if chosen else tuple(OPTIONS)
     options = {name: option for name, option in OPTIONS.items() if name in wanted}
-    if cpu_has_bf16() and "bf16_base" in options:
+    bf16 = [
+        name
+        for name, (_, overrides) in options.items()
+        if any(str(BF16_BASE) in o for o in overrides)
+    ]
+    if cpu_has_bf16() and bf16:
         bf16_copy(ws / "models" / "base")
-    else:  # emulated bfloat16 is several times slower: the train stage never uses it there
-        options.pop("bf16_base", None)
+    for name in [] if cpu_has_bf16() else bf16:  # emulated bfloat16 is several times slower:
+        options.pop(name)  # the train stage never uses it there
     n = repeats()
     trials: dict[str, list[dict[str, Any]]] = {name: [] for name in options}
     for trial in range(n):  # alternating, so drift of the machine spreads over all options

@@ -110,10 +110,21 @@ def test_train_options_table_shows_unfinished_runs_as_such() -> None:
                               "timeout_s": 600.0},
         },
     }  # fmt: skip
-    rows = [line for line in train_options_section(result, None) if line.startswith("| ")]
+    rows = [line for line in train_options_section(result, []) if line.startswith("| ")]
     assert rows[1:] == [
         "| the default | 61.0 (60.0-62.0) | 30 | 300.0 | 1.00x | 1.2 |",
         "| packing (`packing=true`) | 50.0 (1 run) | 30 | 360.0 | 1.22x | 1.2 |",
         "| torch.compile (`torch_compile=true`) | not finished within 600 s | | | | |",
     ]
-    assert train_options_section(None, None) == []
+    assert train_options_section(None, []) == []
+
+
+def test_profile_groups_ops_by_what_they_do() -> None:
+    from bench.train_profile import group_of
+
+    assert group_of("aten::mm") == group_of("aten::addmm") == "matrix multiplies"
+    assert group_of("aten::_log_softmax_backward_data").startswith("log-softmax")
+    assert group_of("aten::_foreach_addcdiv_").startswith("optimizer")
+    assert group_of("aten::_to_copy") == "dtype and layout copies"
+    assert group_of("aten::mul_") == "elementwise"
+    assert group_of("aten::embedding_dense_backward") == "other ops"

@@ -1,0 +1,85 @@
+"""Where a training step of the default goes: torch.profiler over LlamaFactory's own training.
+
+LlamaFactory trains the rendered config (`configs/train.yaml`) in this process, through its
+Python entry point (`llamafactory.train.tuner.run_exp`, what `llamafactory-cli train` calls)
+with the machine settings the train stage adds, no evaluation, no checkpoints. A callback
+profiles optimizer steps BENCH_PROFILE_SKIP+1 .. BENCH_PROFILE_SKIP+BENCH_PROFILE_STEPS (the
+first steps warm up). Each op's self time (time in the op itself, not in the ops it calls) is
+summed into a handful of groups: what a matmul-bound step could shrink and what it could not.
+
+    python -m bench.train_profile    # in a tree with models/base and data/prepared (dvc repro)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import yaml
+
+from bench.common import ROOT, WORK, save
+from triage.machine import cpu_has_bf16
+
+SKIP = int(os.environ.get("BENCH_PROFILE_SKIP", "5"))
+STEPS = int(os.environ.get("BENCH_PROFILE_STEPS", "5"))
+GROUPS = [  # (group, pattern on the op name), first match wins
+    ("matrix multiplies", r"^aten::(mm|addmm|bmm|matmul|linear|baddbmm)$"),
+    ("attention", r"scaled_dot_product|flash_attention|_efficient_attention"),
+    ("log-softmax and loss over the vocabulary", r"log_softmax|nll_loss|cross_entropy"),
+    ("dtype and layout copies", r"^aten::(copy_|_to_copy|to|contiguous|clone|t|transpose)$"),
+    ("optimizer (AdamW) and gradient clipping", r"_foreach_|adam|clip_grad|norm$"),
+    ("elementwise", r"^aten::(mul|add|sub|div|pow|rsqrt|mean|silu|neg|cat|sum|fill_|zero_)"),
+]
+
+
+def group_of(op: str) -> str:
+    return next((name for name, pattern in GROUPS if re.search(pattern, op)), "other ops")
+
+
+def main() -> None:
+    import torch
+    from llamafactory.train.tuner import run_exp
+    from transformers import TrainerCallback
+
+    os.chdir(ROOT)  # the config's paths are relative to the project
+    args = yaml.safe_load((ROOT / "configs" / "train.yaml").read_text())
+    args.update(
+        output_dir=str(WORK / "train-profile"), eval_strategy="no", save_strategy="no",
+        report_to="none", use_cpu=True, max_steps=SKIP + STEPS,
+    )  # fmt: skip
+    if args.get("bf16") and not cpu_has_bf16():
+        args["bf16"] = False  # as the train stage decides on such a CPU
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+
+    class Profile(TrainerCallback):
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if state.global_step == SKIP:
+                profiler.start()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if state.global_step == SKIP + STEPS:
+                profiler.stop()
+
+    run_exp(args, callbacks=[Profile()])
+    ops = profiler.key_averages()
+    total = sum(e.self_cpu_time_total for e in ops)
+    groups: dict[str, float] = {}
+    for e in ops:
+        groups[group_of(e.key)] = groups.get(group_of(e.key), 0.0) + e.self_cpu_time_total
+    top = sorted(ops, key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
+    save("train_profile", {
+        "config": "configs/train.yaml",
+        "steps_profiled": STEPS,
+        "after_warmup_steps": SKIP,
+        "dtype": "bfloat16 autocast" if args.get("bf16") else "float32",
+        "op_seconds_per_step": round(total / 1e6 / STEPS, 3),
+        "share_by_group": {k: round(v / total, 3) for k, v in sorted(
+            groups.items(), key=lambda kv: -kv[1])},
+        "top_ops": [{"op": e.key, "share": round(e.self_cpu_time_total / total, 3),
+                     "calls_per_step": e.count // STEPS} for e in top],
+    })  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
