@@ -348,31 +348,45 @@ def train_options_section(r: dict[str, Any] | None, pairs: list[dict[str, Any]])
     return lines
 
 
-def train_profile_section(r: dict[str, Any] | None) -> list[str]:
-    """Where a training step's time goes, by op group (bench.train_profile)."""
-    if not r:
+def train_profile_section(profiles: list[dict[str, Any]]) -> list[str]:
+    """Where a training step's time goes, by op group, one column per profile
+    (bench.train_profile: the default, and with BENCH_PROFILE_ATTENTION another attention)."""
+    if not profiles:
         return []
-    groups = [f"| {name} | {share:.0%} |" for name, share in r["share_by_group"].items()]
-    ops = [f"| `{o['op']}` | {o['share']:.1%} | {o['calls_per_step']} |" for o in r["top_ops"]]
-    return [
+    names = list(dict.fromkeys(g for r in profiles for g in r["share_by_group"]))
+    groups = [
+        f"| {name} | "
+        + " | ".join(f"{r['share_by_group'].get(name, 0):.0%}" for r in profiles)
+        + " |"
+        for name in names
+    ]
+    lines = [
         "### Where a training step's time goes",
         "",
-        provenance(r),
-        "",
         f"`python -m bench.train_profile`: torch.profiler over LlamaFactory's own training of "
-        f"`{r['config']}` ({r['dtype']}), optimizer steps {r['after_warmup_steps'] + 1} to "
-        f"{r['after_warmup_steps'] + r['steps_profiled']}; each op's self time, "
-        f"{r['op_seconds_per_step']:.2f} s per step in all.",
+        f"`{profiles[0]['config']}` ({profiles[0]['dtype']}), each op's self time over "
+        f"{profiles[0]['steps_profiled']} optimizer steps after "
+        f"{profiles[0]['after_warmup_steps']} warm-up steps, by attention implementation "
+        "(`flash_attn`).",
         "",
-        "| op group | share of the step |",
-        "|---|---|",
+        "| op group | " + " | ".join(f"attention: {r['attention']}" for r in profiles) + " |",
+        "|---" * (len(profiles) + 1) + "|",
+        "| seconds per step (all ops) | "
+        + " | ".join(f"{r['op_seconds_per_step']:.2f}" for r in profiles)
+        + " |",
         *groups,
         "",
-        "| op (the 15 longest) | share | calls per step |",
-        "|---|---|---|",
-        *ops,
-        "",
     ]
+    for r in profiles:
+        lines += [
+            f"The 15 longest ops, attention {r['attention']}. {provenance(r)}",
+            "",
+            "| op | share | calls per step |",
+            "|---|---|---|",
+            *[f"| `{o['op']}` | {o['share']:.1%} | {o['calls_per_step']} |" for o in r["top_ops"]],
+            "",
+        ]
+    return lines
 
 
 def client_speed_section(r: dict[str, Any] | None) -> list[str]:
@@ -434,7 +448,8 @@ def main() -> None:
     train_speed, train_log = load("train_speed"), load("train_log")
     train_options = load("train_options")
     option_pairs = [load(p.stem) for p in sorted(RESULTS.glob("train_options_*.json"))]
-    profile, client = load("train_profile"), load("client_speed")
+    profiles = [load(p.stem) for p in sorted(RESULTS.glob("train_profile*.json"))]
+    client = load("client_speed")
     machines = {machine_line(r["machine"]) for r in (serving, pipeline, speed, train_speed) if r}
     lines = [
         "# Benchmarks",
@@ -452,7 +467,7 @@ def main() -> None:
         "",
         *train_speed_section(train_speed),
         *train_options_section(train_options, option_pairs),
-        *train_profile_section(profile),
+        *train_profile_section(profiles),
         *train_log_section(train_log),
         *serving_section(serving),
         *pipeline_section(pipeline),

@@ -53,6 +53,11 @@ OPTIONS = {  # name: (what it is, LlamaFactory arguments)
     ),
     "neat_packing": ("neat packing", ["neat_packing=true"]),
     "bf16_base": ("frozen weights stored in bfloat16", [f"model_name_or_path={BF16_BASE}"]),
+    "sdpa_attention": (  # PyTorch's CPU flash-attention backward is slow at these shapes
+        "attention by PyTorch's SDPA (what `flash_attn: auto` meant on a CPU before the train "
+        "stage chose eager there)",
+        ["flash_attn=sdpa"],
+    ),
     "batch_8": ("batches of 8 (half the optimizer steps)", ["per_device_train_batch_size=8"]),
     "batch_8_bf16_base": (
         "batches of 8, frozen weights stored in bfloat16",

@@ -2,10 +2,13 @@
 
 LlamaFactory trains the rendered config (`configs/train.yaml`) in this process, through its
 Python entry point (`llamafactory.train.tuner.run_exp`, what `llamafactory-cli train` calls)
-with the machine settings the train stage adds, no evaluation, no checkpoints. A callback
-profiles optimizer steps BENCH_PROFILE_SKIP+1 .. BENCH_PROFILE_SKIP+BENCH_PROFILE_STEPS (the
-first steps warm up). Each op's self time (time in the op itself, not in the ops it calls) is
-summed into a handful of groups: what a matmul-bound step could shrink and what it could not.
+with the machine settings the train stage adds (on a CPU: eager attention;
+BENCH_PROFILE_ATTENTION=sdpa profiles what `flash_attn: auto` meant before), no evaluation,
+no checkpoints. A callback profiles optimizer steps BENCH_PROFILE_SKIP+1 ..
+BENCH_PROFILE_SKIP+BENCH_PROFILE_STEPS (the first steps warm up). Each op's self time (time
+in the op itself, not in the ops it calls) is summed into a handful of groups: what a
+matmul-bound step could shrink and what it could not. Results go to train_profile.json, or
+train_profile_<attention>.json with BENCH_PROFILE_ATTENTION.
 
     python -m bench.train_profile    # in a tree with models/base and data/prepared (dvc repro)
 """
@@ -19,7 +22,7 @@ from typing import Any
 import yaml
 
 from bench.common import ROOT, WORK, save
-from triage.machine import cpu_has_bf16
+from triage.training import machine_overrides
 
 SKIP = int(os.environ.get("BENCH_PROFILE_SKIP", "5"))
 STEPS = int(os.environ.get("BENCH_PROFILE_STEPS", "5"))
@@ -46,10 +49,13 @@ def main() -> None:
     args = yaml.safe_load((ROOT / "configs" / "train.yaml").read_text())
     args.update(
         output_dir=str(WORK / "train-profile"), eval_strategy="no", save_strategy="no",
-        report_to="none", use_cpu=True, max_steps=SKIP + STEPS,
+        report_to="none", max_steps=SKIP + STEPS,
     )  # fmt: skip
-    if args.get("bf16") and not cpu_has_bf16():
-        args["bf16"] = False  # as the train stage decides on such a CPU
+    for override in machine_overrides(args):  # as the train stage adds them
+        key, value = override.split("=", 1)
+        args[key] = yaml.safe_load(value)
+    if os.environ.get("BENCH_PROFILE_ATTENTION"):  # e.g. sdpa: the step before eager attention
+        args["flash_attn"] = os.environ["BENCH_PROFILE_ATTENTION"]
     profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
 
     class Profile(TrainerCallback):
@@ -68,11 +74,13 @@ def main() -> None:
     for e in ops:
         groups[group_of(e.key)] = groups.get(group_of(e.key), 0.0) + e.self_cpu_time_total
     top = sorted(ops, key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
-    save("train_profile", {
+    attention = os.environ.get("BENCH_PROFILE_ATTENTION")
+    save("train_profile" + (f"_{attention}" if attention else ""), {
         "config": "configs/train.yaml",
         "steps_profiled": STEPS,
         "after_warmup_steps": SKIP,
         "dtype": "bfloat16 autocast" if args.get("bf16") else "float32",
+        "attention": {"disabled": "eager"}.get(args["flash_attn"], args["flash_attn"]),
         "op_seconds_per_step": round(total / 1e6 / STEPS, 3),
         "share_by_group": {k: round(v / total, 3) for k, v in sorted(
             groups.items(), key=lambda kv: -kv[1])},

@@ -28,6 +28,7 @@ import yaml
 from bench.common import ROOT, WORK, repeats, save, spread, timed
 from bench.pipeline import copy_repo
 from triage.machine import cpu_has_bf16, matmul_peak
+from triage.training import machine_overrides
 
 BEFORE = os.environ.get("BENCH_TRAIN_BEFORE", "4ac7663")
 STEPS = int(os.environ.get("BENCH_TRAIN_STEPS", "15"))
@@ -71,18 +72,16 @@ def llamafactory_train(
     config = yaml.safe_load((ws / "configs" / "train.yaml").read_text())
     cmd = ["llamafactory-cli", "train", "configs/train.yaml", f"output_dir={out}",
            "eval_strategy='no'", "save_strategy='no'", "report_to=none",
-           "include_num_input_tokens_seen=non_padding", "use_cpu=true"]  # fmt: skip
-    if config.get("bf16") and not cpu_has_bf16():
-        cmd.append("bf16=false")  # as the train stage decides on such a CPU
+           "include_num_input_tokens_seen=non_padding", *machine_overrides(config)]  # fmt: skip
     env = {**os.environ, "DISABLE_VERSION_CHECK": "1"}
     wall, _ = timed([*cmd, *overrides], cwd=ws, env=env, timeout=timeout)
     return wall, out
 
 
-def train_once(ws: Path) -> dict[str, float]:
+def train_once(ws: Path, *overrides: str) -> dict[str, float]:
     """One LlamaFactory run of the tree's config for STEPS steps, as the train stage runs it."""
     config = yaml.safe_load((ws / "configs" / "train.yaml").read_text())
-    wall, out = llamafactory_train(ws, f"max_steps={STEPS}")
+    wall, out = llamafactory_train(ws, f"max_steps={STEPS}", *overrides)
     results = json.loads((out / "all_results.json").read_text())
     state = json.loads((out / "trainer_state.json").read_text())
     runtime = results["train_runtime"]
@@ -106,7 +105,8 @@ def main() -> None:
     runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
     for _ in range(n):
         for label, ws in trees.items():
-            runs[label].append(train_once(ws))
+            # before: the train stage then left flash_attn auto, PyTorch's SDPA on a CPU
+            runs[label].append(train_once(ws, *(["flash_attn=sdpa"] if label == "before" else [])))
             print(f"  {label}: {runs[label][-1]}", flush=True)
     results: dict[str, Any] = {"steps": STEPS, "repeats": n, "before_rev": BEFORE}
     for label, rows in runs.items():

@@ -14,7 +14,8 @@ a fraction of it.
 
 Machine-dependent settings are added on the command line, not stored in the config:
 `use_cpu=true` where no GPU is visible (bf16 on a CPU needs it; `bf16=false` on a CPU without
-native bfloat16, where emulation is several times slower), `report_to=tensorboard`,
+native bfloat16, where emulation is several times slower; eager attention for `flash_attn:
+auto`, faster than PyTorch's SDPA on a CPU), `report_to=tensorboard`,
 and LlamaFactory's own torchrun launch (FORCE_TORCHRUN, NPROC_PER_NODE) for several GPUs.
 
 LlamaFactory never outlives this stage: it shares the stage's process group (a Ctrl-C at

@@ -77,8 +77,11 @@ def test_launch_on_cpu_adds_use_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     cmd, env = training.command({"output_dir": "runs/train", "bf16": True}, {"nproc_per_node": 1})
     assert cmd[:3] == ["llamafactory-cli", "train", "configs/train.yaml"]
     assert "use_cpu=true" in cmd and "bf16=false" in cmd and "report_to=tensorboard" in cmd
+    assert "flash_attn=disabled" in cmd  # auto: eager attention on a CPU
     assert "FORCE_TORCHRUN" not in env
     assert env["TENSORBOARD_LOGGING_DIR"] == "runs/train/tensorboard"
+    chosen = training.command({"output_dir": "runs/train", "flash_attn": "sdpa"}, {})[0]
+    assert not any(arg.startswith("flash_attn=") for arg in chosen)  # a choice stays
 
 
 def test_launch_on_several_gpus_uses_llamafactory_torchrun(monkeypatch) -> None:

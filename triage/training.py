@@ -3,9 +3,10 @@ child that never outlives the stage, and reading its results back.
 
 stages/train.py reads top to bottom; this is what it calls: the fingerprint that decides
 whether checkpoints may be resumed, the checkpoints a crash left half-written, the command
-(use_cpu, bf16 off where a CPU only emulates it, torchrun for several GPUs), `run_child`
-(SIGTERM/SIGHUP passed on, PR_SET_PDEATHSIG), and the metrics, loss curve and description
-of the run from what LlamaFactory wrote. The benchmarks call the same command and summary
+(use_cpu, bf16 off where a CPU only emulates it, eager attention on a CPU, torchrun for
+several GPUs), `run_child` (SIGTERM/SIGHUP passed on, PR_SET_PDEATHSIG), DVCLive following the
+log, and the metrics, loss curve, matmul efficiency and description of the run from what
+LlamaFactory wrote. The benchmarks call the same command and summary
 (bench/pipeline.py).
 """
 
@@ -59,6 +60,24 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def machine_overrides(config: dict[str, Any]) -> list[str]:
+    """LlamaFactory arguments that depend on the machine, not on the experiment. Where no GPU
+    is visible: `use_cpu=true`; `bf16=false` on a CPU that only emulates bfloat16 (several
+    times slower than float32 there: same maths, more precision); and eager attention where
+    `flash_attn` is auto, which on a CPU means PyTorch's SDPA, whose backward pass took 18 %
+    of a training step (bench/results/train_profile.json), where plain matmul attention
+    trained the same records 1.16x faster (bench/results/train_options_eager_attention.json).
+    On a GPU, auto stays LlamaFactory's choice (FlashAttention-2 or SDPA)."""
+    if gpu_count():
+        return []
+    overrides = ["use_cpu=true"]
+    if config.get("bf16") and not cpu_has_bf16():
+        overrides.append("bf16=false")
+    if config.get("flash_attn", "auto") == "auto":
+        overrides.append("flash_attn=disabled")
+    return overrides
+
+
 def command(config: dict[str, Any], launch: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
     """The LlamaFactory command line and environment for this machine."""
     cmd = ["llamafactory-cli", "train", str(CONFIG)]
@@ -66,11 +85,7 @@ def command(config: dict[str, Any], launch: dict[str, Any]) -> tuple[list[str], 
     output_dir = Path(config["output_dir"])
     env["TENSORBOARD_LOGGING_DIR"] = str(output_dir / "tensorboard")
     env.setdefault("DISABLE_VERSION_CHECK", "0")
-    if gpu_count() == 0:
-        cmd.append("use_cpu=true")
-        if config.get("bf16") and not cpu_has_bf16():
-            # emulated bf16 is several times slower than fp32 there; same maths, more precision
-            cmd.append("bf16=false")
+    cmd += machine_overrides(config)
     cmd.append("report_to=tensorboard")
     nproc = int(launch.get("nproc_per_node") or 1)
     if nproc > 1:  # LlamaFactory's own torchrun launcher (DeepSpeed via `deepspeed:` in params)
@@ -189,9 +204,11 @@ def what_ran(config: dict[str, Any], cmd: list[str]) -> dict[str, Any]:
         precision = "fp16" if config.get("fp16") else "float32"
     else:
         precision = "bf16 mixed"
+    attention = "eager" if "flash_attn=disabled" in cmd else config.get("flash_attn", "auto")
     return {
         "device": f"cuda x{gpus}" if gpus else "cpu",
         "precision": precision,
+        "attention": attention,
         "versions": {p: version(p) for p in ("llamafactory", "torch", "transformers", "peft")},
     }
 
