@@ -300,8 +300,10 @@ def train_options_section(r: dict[str, Any] | None, pairs: list[dict[str, Any]])
 
     def rows(result: dict[str, Any]) -> list[str]:
         out = []
-        for name in [n for n in OPTIONS if n in result["runs"]]:
-            run, label = result["runs"][name], OPTIONS[name][0]
+        for name in [*[n for n in OPTIONS if n in result["runs"]],
+                     *[n for n in result["runs"] if n not in OPTIONS]]:  # fmt: skip
+            run = result["runs"][name]
+            label = OPTIONS[name][0] if name in OPTIONS else name.replace("_", " ")
             args = " ".join(f"`{o}`" for o in run["overrides"] if "model_name_or_path" not in o)
             option = f"{label} ({args})" if args else label
             if not run["finished"]:
@@ -329,7 +331,7 @@ def train_options_section(r: dict[str, Any] | None, pairs: list[dict[str, Any]])
         "(packing adds padding of its own). The losses do not compare across packing: it "
         "changes the batches, and without neat packing a record attends to the records packed "
         "before it. `torch_compile` compiles from nothing in its first run and reuses "
-        "TorchInductor's cache in the next.",
+        "TorchInductor's cache in the next." + (f" Note: {r['note']}." if r.get("note") else ""),
         "",
         *header,
         *rows(r),
@@ -339,7 +341,8 @@ def train_options_section(r: dict[str, Any] | None, pairs: list[dict[str, Any]])
         names = [n for n in pair["runs"] if n != "default"]
         lines += [
             f"`BENCH_OPTIONS={','.join(names)} python -m bench.train_options` "
-            f"({pair['measured']}): the same, {pair['repeats']} runs each.",
+            f"({pair['measured']}): the same, {pair['repeats']} runs each."
+            + (f" Note: {pair['note']}." if pair.get("note") else ""),
             "",
             *header,
             *rows(pair),
@@ -367,7 +370,8 @@ def train_profile_section(profiles: list[dict[str, Any]]) -> list[str]:
         f"`{profiles[0]['config']}` ({profiles[0]['dtype']}), each op's self time over "
         f"{profiles[0]['steps_profiled']} optimizer steps after "
         f"{profiles[0]['after_warmup_steps']} warm-up steps, by attention implementation "
-        "(`flash_attn`).",
+        "(`flash_attn`). Eager attention is plain ops (batched matmuls, a softmax), counted in "
+        "their groups; SDPA's are ops of their own.",
         "",
         "| op group | " + " | ".join(f"attention: {r['attention']}" for r in profiles) + " |",
         "|---" * (len(profiles) + 1) + "|",

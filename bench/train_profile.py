@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from typing import Any
 
 import yaml
@@ -46,6 +47,7 @@ def main() -> None:
     from transformers import TrainerCallback
 
     os.chdir(ROOT)  # the config's paths are relative to the project
+    shutil.rmtree(WORK / "train-profile", ignore_errors=True)  # LlamaFactory wants it new
     args = yaml.safe_load((ROOT / "configs" / "train.yaml").read_text())
     args.update(
         output_dir=str(WORK / "train-profile"), eval_strategy="no", save_strategy="no",

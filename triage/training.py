@@ -65,8 +65,9 @@ def machine_overrides(config: dict[str, Any]) -> list[str]:
     is visible: `use_cpu=true`; `bf16=false` on a CPU that only emulates bfloat16 (several
     times slower than float32 there: same maths, more precision); and eager attention where
     `flash_attn` is auto, which on a CPU means PyTorch's SDPA, whose backward pass took 18 %
-    of a training step (bench/results/train_profile.json), where plain matmul attention
-    trained the same records 1.16x faster (bench/results/train_options_eager_attention.json).
+    of a training step (bench/results/train_profile_sdpa.json): plain matmul attention trained
+    the same records faster in each of four alternating pairs, 1.18x and 1.09x by the medians
+    of two comparisons (bench/results/train_options_{eager,sdpa}_attention.json).
     On a GPU, auto stays LlamaFactory's choice (FlashAttention-2 or SDPA)."""
     if gpu_count():
         return []
