@@ -6,7 +6,8 @@ hand-written retry and backoff loop), run from a `git archive` of that commit; "
 working tree's (the openai client, retries by tenacity). Each pass runs in a Python process of
 its own (the same interpreter), which builds its client and sends every body with
 `evaluate.concurrency` requests in flight; the wall time is taken inside that process, around
-the sending only. Both send the bodies today's `request_body` builds for the benchmark records
+the sending only, with the CPU time the client process used meanwhile (on 2 cores, CPU the
+server did not get). Both send the bodies today's `request_body` builds for the benchmark records
 (BENCH_TICKETS tickets), so the answers can be compared too: with greedy decoding they should
 agree, up to vLLM's batch-dependent numerics. One warm-up pass first (new batch shapes are
 slow the first time on a CPU), then BENCH_REPEATS passes of each.
@@ -37,10 +38,10 @@ import asyncio, json, sys, time
 from triage import client
 bodies, url, headers, model, cfg = json.load(sys.stdin)
 endpoint = client.Endpoint(url, headers, model)
-started = time.monotonic()
+started, cpu = time.monotonic(), time.process_time()
 outcomes = asyncio.run(client._send_all(bodies, endpoint, cfg))
-wall_s = time.monotonic() - started
-print(json.dumps({"wall_s": wall_s, "answers": [o.content for o in outcomes],
+wall_s, cpu_s = time.monotonic() - started, time.process_time() - cpu
+print(json.dumps({"wall_s": wall_s, "cpu_s": cpu_s, "answers": [o.content for o in outcomes],
                   "errors": sum(o.error is not None for o in outcomes)}))
 """
 
@@ -82,11 +83,13 @@ def main() -> None:
         for _ in range(n):
             for name, code_root in clients.items():
                 passes[name].append(send_pass(code_root, request))
-                print(f"  {name}: {passes[name][-1]['wall_s']:.2f} s", flush=True)
+                last = passes[name][-1]
+                print(f"  {name}: {last['wall_s']:.2f} s, {last['cpu_s']:.2f} s CPU", flush=True)
     results: dict[str, Any] = {"before_rev": BEFORE, "requests": len(bodies), "repeats": n}
     for name, rows in passes.items():
         results[name] = {
             "requests_per_s": spread([len(bodies) / r["wall_s"] for r in rows]),
+            "client_cpu_s": spread([r["cpu_s"] for r in rows]),  # CPU the server did not get
             "errors": sum(r["errors"] for r in rows),
         }
     results["after_vs_before"] = round(

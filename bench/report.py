@@ -408,11 +408,12 @@ def client_speed_section(r: dict[str, Any] | None) -> list[str]:
         "its own retry loop) and today's (the openai client, retries by tenacity), "
         f"{r['repeats']} passes each after a warm-up; each pass in a process of its own.",
         "",
-        "| client | requests/s | errors |",
-        "|---|---|---|",
+        "| client | requests/s | client CPU s per pass | errors |",
+        "|---|---|---|---|",
         f"| httpx, {r['before_rev']} | {median_range(before['requests_per_s'])} | "
-        f"{before['errors']} |",
-        f"| openai | {median_range(after['requests_per_s'])} | {after['errors']} |",
+        f"{median_range(before.get('client_cpu_s'))} | {before['errors']} |",
+        f"| openai | {median_range(after['requests_per_s'])} | "
+        f"{median_range(after.get('client_cpu_s'))} | {after['errors']} |",
         "",
         f"openai / httpx: {r['after_vs_before']}x "
         f"({overlap(before['requests_per_s'], after['requests_per_s'])}). Same answers in the "
