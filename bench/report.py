@@ -268,9 +268,9 @@ def train_speed_section(r: dict[str, Any] | None) -> list[str]:
         "",
         f"`python -m bench.train_speed`: the train stage's LlamaFactory run, {r['steps']} "
         f"optimizer steps, before (commit {r['before_rev']}: one record per ticket and task, "
-        "long prompts, padded batches, LoRA dropout 0.1, activation checkpointing) and after "
-        f"(the working tree's default), alternating, {r['repeats']} runs each. Tokens without "
-        "padding.",
+        "long prompts, padded batches, LoRA dropout 0.1, activation checkpointing, SDPA "
+        "attention) and after (the working tree's default, eager attention), alternating, "
+        f"{r['repeats']} runs each. Tokens without padding.",
         "",
         "| | before | after | after / before |",
         "|---|---|---|---|",

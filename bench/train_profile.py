@@ -2,9 +2,9 @@
 
 LlamaFactory trains the rendered config (`configs/train.yaml`) in this process, through its
 Python entry point (`llamafactory.train.tuner.run_exp`, what `llamafactory-cli train` calls)
-with the machine settings the train stage adds (on a CPU: eager attention;
-BENCH_PROFILE_ATTENTION=sdpa profiles what `flash_attn: auto` meant before), no evaluation,
-no checkpoints. A callback profiles optimizer steps BENCH_PROFILE_SKIP+1 ..
+with the machine settings the train stage adds (on a CPU: eager attention, glibc's malloc
+keeping freed memory; BENCH_PROFILE_ATTENTION=sdpa profiles what `flash_attn: auto` meant
+before), no evaluation, no checkpoints. A callback profiles optimizer steps BENCH_PROFILE_SKIP+1 ..
 BENCH_PROFILE_SKIP+BENCH_PROFILE_STEPS (the first steps warm up). Each op's self time (time
 in the op itself, not in the ops it calls) is summed into a handful of groups: what a
 matmul-bound step could shrink and what it could not. Results go to train_profile.json, or
@@ -18,12 +18,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 from typing import Any
 
 import yaml
 
 from bench.common import ROOT, WORK, save
-from triage.training import machine_overrides
+from triage.training import machine_env, machine_overrides
 
 SKIP = int(os.environ.get("BENCH_PROFILE_SKIP", "5"))
 STEPS = int(os.environ.get("BENCH_PROFILE_STEPS", "5"))
@@ -42,6 +43,9 @@ def group_of(op: str) -> str:
 
 
 def main() -> None:
+    if machine_env():  # the allocator setting only acts from a process's start: start anew
+        env = {**os.environ, **machine_env()}
+        os.execve(sys.executable, [sys.executable, "-m", "bench.train_profile"], env)
     import torch
     from llamafactory.train.tuner import run_exp
     from transformers import TrainerCallback

@@ -28,7 +28,7 @@ import yaml
 from bench.common import ROOT, WORK, repeats, save, spread, timed
 from bench.pipeline import copy_repo
 from triage.machine import cpu_has_bf16, matmul_peak
-from triage.training import machine_overrides
+from triage.training import machine_env, machine_overrides
 
 BEFORE = os.environ.get("BENCH_TRAIN_BEFORE", "4ac7663")
 STEPS = int(os.environ.get("BENCH_TRAIN_STEPS", "15"))
@@ -73,7 +73,7 @@ def llamafactory_train(
     cmd = ["llamafactory-cli", "train", "configs/train.yaml", f"output_dir={out}",
            "eval_strategy='no'", "save_strategy='no'", "report_to=none",
            "include_num_input_tokens_seen=non_padding", *machine_overrides(config)]  # fmt: skip
-    env = {**os.environ, "DISABLE_VERSION_CHECK": "1"}
+    env = {**os.environ, "DISABLE_VERSION_CHECK": "1", **machine_env()}
     wall, _ = timed([*cmd, *overrides], cwd=ws, env=env, timeout=timeout)
     return wall, out
 

@@ -108,10 +108,13 @@ def main() -> None:
     live.end()
     metrics["resumed_from_checkpoint"] = resumed
     metrics["ran_on"] = ran_on = what_ran(config, cmd)
-    device = "cuda" if ran_on["device"].startswith("cuda") else "cpu"
+    on_gpu = ran_on["device"].startswith("cuda")
+    gpus = int(params.get("train", {}).get("nproc_per_node") or 1) if on_gpu else 1
     parameters = parameter_count(Path(config["model_name_or_path"]))
     tokens_per_s = metrics.get("train_tokens_per_second")
-    metrics |= matmul_efficiency(tokens_per_s, parameters, ran_on["precision"], device)
+    metrics |= matmul_efficiency(
+        tokens_per_s, parameters, ran_on["precision"], "cuda" if on_gpu else "cpu", gpus
+    )
     with atomic_dir(ADAPTER) as tmp:
         for name in KEEP:
             if (output_dir / name).exists():

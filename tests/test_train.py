@@ -73,6 +73,7 @@ def test_explicit_alpha_and_list_target(configured) -> None:
 
 def test_launch_on_cpu_adds_use_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(training, "gpu_count", lambda: 0)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
     cmd, env = training.command({"output_dir": "runs/train", "bf16": True}, {"nproc_per_node": 1})
     assert cmd[:3] == ["llamafactory-cli", "train", "configs/train.yaml"]
@@ -80,6 +81,9 @@ def test_launch_on_cpu_adds_use_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "flash_attn=disabled" in cmd  # auto: eager attention on a CPU
     assert "FORCE_TORCHRUN" not in env
     assert env["TENSORBOARD_LOGGING_DIR"] == "runs/train/tensorboard"
+    assert env["GLIBC_TUNABLES"] == training.KEEP_HEAP  # malloc keeps freed memory on a CPU
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    assert training.command({"output_dir": "o"}, {})[1]["GLIBC_TUNABLES"].endswith("max=2")
     chosen = training.command({"output_dir": "runs/train", "flash_attn": "sdpa"}, {})[0]
     assert not any(arg.startswith("flash_attn=") for arg in chosen)  # a choice stays
 
@@ -87,8 +91,10 @@ def test_launch_on_cpu_adds_use_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_launch_on_several_gpus_uses_llamafactory_torchrun(monkeypatch) -> None:
     monkeypatch.setattr(training, "gpu_count", lambda: 8)
     monkeypatch.delenv("FORCE_TORCHRUN", raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     cmd, env = training.command({"output_dir": "runs/train", "bf16": True}, {"nproc_per_node": 8})
     assert cmd == ["llamafactory-cli", "train", "configs/train.yaml", "report_to=tensorboard"]
+    assert "GLIBC_TUNABLES" not in env
     assert env["FORCE_TORCHRUN"] == "1" and env["NPROC_PER_NODE"] == "8"
 
 
@@ -114,6 +120,18 @@ def test_live_log_follows_the_training_log(tmp_path: Path, monkeypatch) -> None:
     losses = Path("live/plots/metrics/train/loss.tsv").read_text().splitlines()
     assert [row.split("\t") for row in losses] == [["step", "loss"], ["5", "2.0"], ["10", "1.5"]]
     assert not Path("dvc.yaml").exists()
+
+
+def test_matmul_efficiency_is_per_device_peak_times_devices(monkeypatch) -> None:
+    """Tokens/s of all GPUs together against one GPU's measured peak times the GPU count."""
+    monkeypatch.setattr(training, "matmul_peak", lambda dtype, device: {"tflops": 100.0})
+    one = training.matmul_efficiency(1000.0, 7_000_000_000, "bf16 mixed", "cuda")
+    assert one["achieved_tflops"] == 28.0 and one["fraction_of_matmul_peak"] == 0.28
+    eight = training.matmul_efficiency(8000.0, 7_000_000_000, "bf16 mixed", "cuda", 8)
+    assert eight["matmul_peak_tflops"] == 800.0 and eight["fraction_of_matmul_peak"] == 0.28
+    assert one["matmul_dtype"] == "bfloat16"
+    unknown = training.matmul_efficiency(None, 7_000_000_000, "float32", "cpu")
+    assert unknown["fraction_of_matmul_peak"] is None and unknown["matmul_dtype"] == "float32"
 
 
 # ------------------------------------------------------------------ the tiny pipeline (slow)
