@@ -416,8 +416,13 @@ def client_speed_section(r: dict[str, Any] | None) -> list[str]:
         f"{median_range(after.get('client_cpu_s'))} | {after['errors']} |",
         "",
         f"openai / httpx: {r['after_vs_before']}x "
-        f"({overlap(before['requests_per_s'], after['requests_per_s'])}). Same answers in the "
-        f"first pass of each: {r['same_answers_first_pass']}.",
+        f"({overlap(before['requests_per_s'], after['requests_per_s'])}). Same answers: "
+        + (
+            "; ".join(f"{k} {v}" for k, v in r["same_answers"].items())
+            if "same_answers" in r
+            else f"first pass of each {r['same_answers_first_pass']}"
+        )
+        + ".",
         "",
     ]
 
