@@ -169,7 +169,8 @@ def pipeline_section(r: dict[str, Any] | None) -> list[str]:
         f"### (d) Train stage vs the same LlamaFactory command by hand ({r['repeats']} runs "
         "each, alternating)",
         "",
-        f"By hand: `{t['hand_command']}`"
+        f"By hand: `{t['hand_command']}`, with the environment the stage gives it (on a CPU, "
+        "`GLIBC_TUNABLES`: glibc's malloc keeping freed memory)"
         + (
             f", both on the default's config sized down to {t['records']} records, one epoch "
             "(`BENCH_PARITY_RECORDS`)."
@@ -195,7 +196,8 @@ def pipeline_section(r: dict[str, Any] | None) -> list[str]:
         f"{overlap(t['stage']['samples_per_s'], t['hand']['samples_per_s'])}); wall time "
         f"{t['stage']['wall_s']['median'] / t['hand']['wall_s']['median']:.3f}. The stage's "
         "extra wall time is its own work: Python start-up and imports (torch, to count GPUs), "
-        "the fingerprint, copying the adapter, the loss-curve CSV and metrics.",
+        "the fingerprint, DVCLive (its import and its files), the matmul-peak measurement "
+        "(about a second), copying the adapter, the loss-curve CSV and metrics.",
         "",
     ]
     return out
