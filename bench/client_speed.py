@@ -107,8 +107,8 @@ def main() -> None:
     before, after = passes["before"], passes["after"]
     results["same_answers"] = {
         "httpx vs openai, first passes": same(before[0]["answers"], after[0]["answers"]),
-        "httpx, first vs second pass": same(before[0]["answers"], before[-1]["answers"]),
-        "openai, first vs second pass": same(after[0]["answers"], after[-1]["answers"]),
+        "httpx, first vs last pass": same(before[0]["answers"], before[-1]["answers"]),
+        "openai, first vs last pass": same(after[0]["answers"], after[-1]["answers"]),
     }
     save("client_speed", results)
 
