@@ -122,15 +122,12 @@ def main() -> None:
     chosen = os.environ.get("BENCH_OPTIONS")  # e.g. "bf16_base": only it beside the default
     wanted = ("default", *chosen.split(",")) if chosen else tuple(OPTIONS)
     options = {name: option for name, option in OPTIONS.items() if name in wanted}
-    bf16 = [
-        name
-        for name, (_, overrides) in options.items()
-        if any(str(BF16_BASE) in o for o in overrides)
-    ]
-    if cpu_has_bf16() and bf16:
+    on_bf16_base = [name for name, (_, args) in options.items() if f"{BF16_BASE}" in str(args)]
+    if not cpu_has_bf16():  # emulated bfloat16 is several times slower: never used there
+        for name in on_bf16_base:
+            options.pop(name)
+    elif on_bf16_base:
         bf16_copy(ws / "models" / "base")
-    for name in [] if cpu_has_bf16() else bf16:  # emulated bfloat16 is several times slower:
-        options.pop(name)  # the train stage never uses it there
     n = repeats()
     trials: dict[str, list[dict[str, Any]]] = {name: [] for name in options}
     for trial in range(n):  # alternating, so drift of the machine spreads over all options

@@ -43,9 +43,9 @@ def group_of(op: str) -> str:
 
 
 def main() -> None:
-    if machine_env():  # the allocator setting only acts from a process's start: start anew
-        env = {**os.environ, **machine_env()}
-        os.execve(sys.executable, [sys.executable, "-m", "bench.train_profile"], env)
+    if extra := machine_env():  # the allocator setting acts only from a process's start
+        os.execve(sys.executable, [sys.executable, "-m", "bench.train_profile"],
+                  {**os.environ, **extra})  # fmt: skip
     import torch
     from llamafactory.train.tuner import run_exp
     from transformers import TrainerCallback
