@@ -257,22 +257,27 @@ def compile_trade_off(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def train_speed_section(r: dict[str, Any] | None) -> list[str]:
-    if not r:
+def train_speed_section(results: list[dict[str, Any]]) -> list[str]:
+    """One table per `train_speed*.json`: the ratio differs by CPU (AMX, AVX-512 BF16 without
+    AMX, no bf16 at all), so each machine's run is kept beside the others."""
+    if not results:
         return ["## Training throughput", "", "Not measured (`python -m bench.train_speed`).", ""]
+    return ["## Training throughput", "", *[line for r in results for line in train_speed_run(r)]]
+
+
+def train_speed_run(r: dict[str, Any]) -> list[str]:
     before, after = r["before"], r["after"]
     dtype = r["train_dtype"]
     peak = r["gemm_peak"][dtype]["tflops"]
+    tree = f"of commit {r['after_rev']}" if r.get("after_rev") else "of the day it was measured"
     return [
-        "## Training throughput",
-        "",
         provenance(r),
         "",
         f"`python -m bench.train_speed`: the train stage's LlamaFactory run, {r['steps']} "
         f"optimizer steps, before (commit {r['before_rev']}: one record per ticket and task, "
         "long prompts, padded batches, LoRA dropout 0.1, activation checkpointing, SDPA "
-        "attention) and after (the working tree's default, eager attention), alternating, "
-        f"{r['repeats']} runs each. Tokens without padding.",
+        f"attention) and after (the default {tree}), alternating, {r['repeats']} runs each. "
+        "Tokens without padding.",
         "",
         "| | before | after | after / before |",
         "|---|---|---|---|",
@@ -372,10 +377,12 @@ def train_profile_section(profiles: list[dict[str, Any]]) -> list[str]:
         f"`{profiles[0]['config']}` ({profiles[0]['dtype']}), each op's self time over "
         f"{profiles[0]['steps_profiled']} optimizer steps after "
         f"{profiles[0]['after_warmup_steps']} warm-up steps, by attention implementation "
-        "(`flash_attn`). Eager attention is plain ops (batched matmuls, a softmax), counted in "
-        "their groups; SDPA's are ops of their own.",
+        "(`flash_attn`) and CPU. Eager attention is plain ops (batched matmuls, a softmax), "
+        "counted in their groups; SDPA's are ops of their own.",
         "",
-        "| op group | " + " | ".join(f"attention: {r['attention']}" for r in profiles) + " |",
+        "| op group | "
+        + " | ".join(f"attention: {r['attention']}, {r['machine']['cpu']}" for r in profiles)
+        + " |",
         "|---" * (len(profiles) + 1) + "|",
         "| seconds per step (all ops) | "
         + " | ".join(f"{r['op_seconds_per_step']:.2f}" for r in profiles)
@@ -385,7 +392,8 @@ def train_profile_section(profiles: list[dict[str, Any]]) -> list[str]:
     ]
     for r in profiles:
         lines += [
-            f"The 15 longest ops, attention {r['attention']}. {provenance(r)}",
+            f"The 15 longest ops, attention {r['attention']}, {r['machine']['cpu']}. "
+            f"{provenance(r)}",
             "",
             "| op | share | calls per step |",
             "|---|---|---|",
@@ -458,6 +466,7 @@ def train_log_section(r: dict[str, Any] | None) -> list[str]:
 def main() -> None:
     serving, pipeline, speed = load("serving"), load("pipeline"), load("eval_speed")
     train_speed, train_log = load("train_speed"), load("train_log")
+    train_speeds = [load(p.stem) for p in sorted(RESULTS.glob("train_speed*.json"))]
     train_options = load("train_options")
     option_pairs = [load(p.stem) for p in sorted(RESULTS.glob("train_options_*.json"))]
     profiles = [load(p.stem) for p in sorted(RESULTS.glob("train_profile*.json"))]
@@ -477,7 +486,7 @@ def main() -> None:
         "",
         *goals(serving, pipeline),
         "",
-        *train_speed_section(train_speed),
+        *train_speed_section(train_speeds),
         *train_options_section(train_options, option_pairs),
         *train_profile_section(profiles),
         *train_log_section(train_log),

@@ -12,6 +12,10 @@ counted without padding (`include_num_input_tokens_seen: non_padding`) on both s
 The peak is the best of torch.matmul at the model's shapes and at 2048^2, float32 and
 bfloat16; the useful work of a LoRA step is counted as 4 x parameters x tokens (forward,
 and backward through the frozen weights to the adapters; recomputation not counted).
+
+The ratio differs by CPU (AMX, AVX-512 BF16 without AMX, no native bf16): a run on another
+kind of machine is kept as `train_speed_<machine>.json` beside `train_speed.json`, and the
+report renders each.
 """
 
 from __future__ import annotations
@@ -108,7 +112,14 @@ def main() -> None:
             # before: the train stage then left flash_attn auto, PyTorch's SDPA on a CPU
             runs[label].append(train_once(ws, *(["flash_attn=sdpa"] if label == "before" else [])))
             print(f"  {label}: {runs[label][-1]}", flush=True)
-    results: dict[str, Any] = {"steps": STEPS, "repeats": n, "before_rev": BEFORE}
+    head = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    results: dict[str, Any] = {
+        "steps": STEPS,
+        "repeats": n,
+        "before_rev": BEFORE,
+        "after_rev": head,
+    }
     for label, rows in runs.items():
         results[label] = {key: spread([r[key] for r in rows]) for key in rows[0]}
     med = {k: results[k]["tokens_per_s"]["median"] for k in runs}
