@@ -21,6 +21,9 @@ every weight to bfloat16 at every matmul; weights stored in bfloat16 skip that, 
 keep the residual stream in bfloat16 instead of float32 (less precision: its scores are not
 measured here).
 
+`pure_bf16` (weights, adapters and optimizer states in bfloat16, no autocast at all) is
+refused by LlamaFactory on a CPU; bench/pure_bf16.py lifts that refusal to measure it.
+
 `torch_compile` compiles the forward and backward pass for each new batch shape: its first
 run compiles from nothing, later ones reuse TorchInductor's on-disk cache (in /tmp), so its
 runs differ by the compile time. A run that does not finish within BENCH_OPTION_TIMEOUT
@@ -34,11 +37,12 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from bench.common import WORK, repeats, save, spread
-from bench.train_speed import llamafactory_train, tree
+from bench.train_speed import LLAMAFACTORY, llamafactory_train, tree
 from triage.machine import cpu_has_bf16
 
 RECORDS = int(os.environ.get("BENCH_OPTION_RECORDS", "120"))
@@ -64,7 +68,12 @@ OPTIONS = {  # name: (what it is, LlamaFactory arguments)
         ["per_device_train_batch_size=8", f"model_name_or_path={BF16_BASE}"],
     ),
     "torch_compile": ("torch.compile", ["torch_compile=true"]),
+    "pure_bf16": (  # LlamaFactory refuses it on a CPU: run through bench/pure_bf16.py
+        "pure bf16: weights, adapters and AdamW states in bfloat16, no autocast",
+        ["pure_bf16=true", "bf16=false", f"model_name_or_path={BF16_BASE}"],
+    ),
 }
+CLI = {"pure_bf16": (sys.executable, str(Path(__file__).with_name("pure_bf16.py")))}
 
 
 def bf16_copy(base: Path) -> None:
@@ -81,11 +90,11 @@ def bf16_copy(base: Path) -> None:
             shutil.copy2(path, BF16_BASE / path.name)
 
 
-def train_run(ws: Path, overrides: list[str]) -> dict[str, Any]:
-    """One pass over the first RECORDS training records with `overrides`."""
+def train_run(ws: Path, overrides: list[str], cli: tuple[str, ...]) -> dict[str, Any]:
+    """One pass over the first RECORDS training records with `overrides`, trained by `cli`."""
     try:
         wall, out = llamafactory_train(
-            ws, f"max_samples={RECORDS}", "num_train_epochs=1", *overrides, timeout=TIMEOUT
+            ws, f"max_samples={RECORDS}", "num_train_epochs=1", *overrides, timeout=TIMEOUT, cli=cli
         )
     except subprocess.TimeoutExpired:
         return {"finished": False}
@@ -135,7 +144,7 @@ def main() -> None:
             if trial and not all(t["finished"] for t in trials[name]):
                 continue  # a run that timed out once is not worth another timeout
             print(f"bench train options: {name} {' '.join(overrides)}", flush=True)
-            trials[name].append(train_run(ws, overrides))
+            trials[name].append(train_run(ws, overrides, CLI.get(name, LLAMAFACTORY)))
             print(f"  {name}: {trials[name][-1]}", flush=True)
     runs = {name: summary(options[name][1], rows) for name, rows in trials.items()}
     tokens = runs["default"]["tokens_counted"]  # the records' own tokens, no padding

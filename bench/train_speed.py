@@ -66,15 +66,19 @@ def tree(label: str, rev: str | None) -> Path:
     return dest
 
 
+LLAMAFACTORY = ("llamafactory-cli", "train")
+
+
 def llamafactory_train(
-    ws: Path, *overrides: str, timeout: float | None = None
+    ws: Path, *overrides: str, timeout: float | None = None, cli: tuple[str, ...] = LLAMAFACTORY
 ) -> tuple[float, Path]:
-    """`llamafactory-cli train` of the tree's config with the machine settings the train stage
-    adds, no evaluation, no checkpoints, plus `overrides`; (wall seconds, its output_dir)."""
+    """`llamafactory-cli train` (or `cli`) of the tree's config with the machine settings the
+    train stage adds, no evaluation, no checkpoints, plus `overrides`; (wall seconds, its
+    output_dir)."""
     out = ws / "runs" / "bench-train"
     shutil.rmtree(out, ignore_errors=True)
     config = yaml.safe_load((ws / "configs" / "train.yaml").read_text())
-    cmd = ["llamafactory-cli", "train", "configs/train.yaml", f"output_dir={out}",
+    cmd = [*cli, "configs/train.yaml", f"output_dir={out}",
            "eval_strategy='no'", "save_strategy='no'", "report_to=none",
            "include_num_input_tokens_seen=non_padding", *machine_overrides(config)]  # fmt: skip
     env = {**os.environ, "DISABLE_VERSION_CHECK": "1", **machine_env()}
