@@ -391,6 +391,9 @@ def train_profile_section(profiles: list[dict[str, Any]]) -> list[str]:
         "",
     ]
     for r in profiles:
+        if "gemm_gflop_per_token" in r:
+            lines += [gemm_ceiling(r), ""]
+    for r in profiles:
         lines += [
             f"The 15 longest ops, attention {r['attention']}, {r['machine']['cpu']}. "
             f"{provenance(r)}",
@@ -401,6 +404,21 @@ def train_profile_section(profiles: list[dict[str, Any]]) -> list[str]:
             "",
         ]
     return lines
+
+
+def gemm_ceiling(r: dict[str, Any]) -> str:
+    """What the profiler's FLOP count says about a profile: the GEMM work per token, the rate
+    the GEMMs ran at, and the tokens/s of a step that did nothing but its GEMMs at the peak."""
+    useful = f" (4 x parameters: {4 * r['parameters'] / 1e9:.3f})" if r.get("parameters") else ""
+    return (
+        f"{r['machine']['cpu']}, attention {r['attention']}: the matrix multiplies of a step "
+        f"are {r['gemm_gflop_per_token']:.3f} GFLOP per token{useful}, at "
+        f"{r['gemm_tflops']:.3f} TFLOP/s, {r['gemm_tflops'] / r['matmul_peak_tflops']:.0%} of "
+        f"this machine's {r['matmul_dtype']} matmul peak ({r['matmul_peak_tflops']:.3f}); "
+        f"{r['tokens_per_step']:.0f} tokens per step, {r['tokens_per_s_profiled']:.0f} tokens/s "
+        "while profiled. A step that did nothing but its matrix multiplies, at the peak, would "
+        f"train {r['tokens_per_s_at_peak']:.0f} tokens/s."
+    )
 
 
 def client_speed_section(r: dict[str, Any] | None) -> list[str]:

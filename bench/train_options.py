@@ -21,8 +21,9 @@ every weight to bfloat16 at every matmul; weights stored in bfloat16 skip that, 
 keep the residual stream in bfloat16 instead of float32 (less precision: its scores are not
 measured here).
 
-`pure_bf16` (weights, adapters and optimizer states in bfloat16, no autocast at all) is
-refused by LlamaFactory on a CPU; bench/pure_bf16.py lifts that refusal to measure it.
+`pure_bf16` (the frozen weights in bfloat16 and no autocast; PEFT still upcasts the adapters
+to float32, so their matmuls run in float32) is refused by LlamaFactory on a CPU;
+bench/pure_bf16.py lifts that refusal to measure it.
 
 `torch_compile` compiles the forward and backward pass for each new batch shape: its first
 run compiles from nothing, later ones reuse TorchInductor's on-disk cache (in /tmp), so its
@@ -69,7 +70,7 @@ OPTIONS = {  # name: (what it is, LlamaFactory arguments)
     ),
     "torch_compile": ("torch.compile", ["torch_compile=true"]),
     "pure_bf16": (  # LlamaFactory refuses it on a CPU: run through bench/pure_bf16.py
-        "pure bf16: weights, adapters and AdamW states in bfloat16, no autocast",
+        "pure bf16: frozen weights in bfloat16, no autocast (PEFT keeps the adapters in float32)",
         ["pure_bf16=true", "bf16=false", f"model_name_or_path={BF16_BASE}"],
     ),
 }
