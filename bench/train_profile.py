@@ -10,12 +10,14 @@ in the op itself, not in the ops it calls) is summed into a handful of groups: w
 matmul-bound step could shrink and what it could not. Results go to train_profile.json, or
 train_profile_<attention>.json with BENCH_PROFILE_ATTENTION.
 
-The profiler also counts each matrix multiply's FLOPs (`with_flops`): divided by the tokens of
-the profiled steps they are the step's real GEMM work per token (adapters, their weight
-gradients and the logits of every position included, which 4 x parameters leaves out), and
-divided by the GEMMs' own time they are the rate the GEMMs ran at. With this machine's measured
-matmul peak that gives the ceiling a step could reach if it did nothing but its GEMMs at the
-peak: how far faster code could take this model, rank and data at all.
+A second profiler counts each matrix multiply's FLOPs (`with_flops`) over the next
+BENCH_PROFILE_STEPS steps (counting slows the small ops, so it does not time): divided by those
+steps' tokens they are the step's real GEMM work per token (adapters, their weight gradients
+and the logits of every position included, which 4 x parameters leaves out); times the timed
+steps' tokens and divided by their GEMMs' own time, the rate the GEMMs ran at (attention's
+batched matmuls grow with the square of a record's length, a few percent of the work here).
+With this machine's measured matmul peak that gives the ceiling a step could reach if it did
+nothing but its GEMMs at the peak: how far faster code could take this model, rank and data.
 
     python -m bench.train_profile    # in a tree with models/base and data/prepared (dvc repro)
 """
@@ -64,40 +66,47 @@ def main() -> None:
     args = yaml.safe_load((ROOT / "configs" / "train.yaml").read_text())
     args.update(
         output_dir=str(WORK / "train-profile"), eval_strategy="no", save_strategy="no",
-        report_to="none", max_steps=SKIP + STEPS, include_num_input_tokens_seen="non_padding",
+        report_to="none", max_steps=SKIP + 2 * STEPS, include_num_input_tokens_seen="non_padding",
     )  # fmt: skip
     for override in machine_overrides(args):  # as the train stage adds them
         key, value = override.split("=", 1)
         args[key] = yaml.safe_load(value)
     if os.environ.get("BENCH_PROFILE_ATTENTION"):  # e.g. sdpa: the step before eager attention
         args["flash_attn"] = os.environ["BENCH_PROFILE_ATTENTION"]
-    profiler = torch.profiler.profile(
-        activities=[torch.profiler.ProfilerActivity.CPU], with_flops=True
-    )
-    tokens_seen: list[int] = []  # at the first profiled step's start and the last one's end
+    cpu = [torch.profiler.ProfilerActivity.CPU]
+    # timing: steps SKIP+1 .. SKIP+STEPS; counting FLOPs records every op's shapes, which slows
+    # the small ops, so it profiles the next STEPS steps on its own
+    windows = {"timing": torch.profiler.profile(activities=cpu),
+               "counting": torch.profiler.profile(activities=cpu, with_flops=True)}  # fmt: skip
+    starts = {"timing": SKIP, "counting": SKIP + STEPS}
+    tokens: dict[str, int] = {}  # non-padding tokens in each window
 
     class Profile(TrainerCallback):
         def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if state.global_step == SKIP:
-                tokens_seen.append(state.num_input_tokens_seen)
-                profiler.start()
+            for name, start in starts.items():
+                if state.global_step == start:
+                    tokens[name] = -state.num_input_tokens_seen
+                    windows[name].start()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if state.global_step == SKIP + STEPS:
-                profiler.stop()
-                tokens_seen.append(state.num_input_tokens_seen)
+            for name, start in starts.items():
+                if state.global_step == start + STEPS:
+                    windows[name].stop()
+                    tokens[name] += state.num_input_tokens_seen
 
     run_exp(args, callbacks=[Profile()])
-    ops = profiler.key_averages()
+    ops = windows["timing"].key_averages()
     total = sum(e.self_cpu_time_total for e in ops)
     groups: dict[str, float] = {}
     for e in ops:
         groups[group_of(e.key)] = groups.get(group_of(e.key), 0.0) + e.self_cpu_time_total
     top = sorted(ops, key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
-    gemms = [e for e in ops if group_of(e.key) == "matrix multiplies"]
-    gemm_flops = sum(e.flops for e in gemms)
-    gemm_s = sum(e.self_cpu_time_total for e in gemms) / 1e6
-    tokens = tokens_seen[1] - tokens_seen[0]
+    counted = windows["counting"].key_averages()
+    flops_per_token = (
+        sum(e.flops for e in counted if group_of(e.key) == "matrix multiplies")
+        / (tokens["counting"])
+    )
+    gemm_s = sum(e.self_cpu_time_total for e in ops if group_of(e.key) == "matrix multiplies") / 1e6
     dtype = "bfloat16" if args.get("bf16") else "float32"
     peak = matmul_peak(dtype)["tflops"]
     attention = os.environ.get("BENCH_PROFILE_ATTENTION")
@@ -108,16 +117,16 @@ def main() -> None:
         "dtype": "bfloat16 autocast" if args.get("bf16") else "float32",
         "attention": {"disabled": "eager"}.get(args["flash_attn"], args["flash_attn"]),
         "op_seconds_per_step": round(total / 1e6 / STEPS, 3),
-        "tokens_per_step": tokens / STEPS,
-        "gemm_gflop_per_token": round(gemm_flops / tokens / 1e9, 3),
+        "tokens_per_step": tokens["timing"] / STEPS,
+        "gemm_gflop_per_token": round(flops_per_token / 1e9, 3),
         "parameters": json.loads((ROOT / "models" / "base" / "source.json").read_text()).get(
             "parameters"
         ),
-        "gemm_tflops": round(gemm_flops / gemm_s / 1e12, 3),
+        "gemm_tflops": round(flops_per_token * tokens["timing"] / gemm_s / 1e12, 3),
         "matmul_peak_tflops": peak,
         "matmul_dtype": dtype,
-        "tokens_per_s_profiled": round(tokens / (total / 1e6), 1),
-        "tokens_per_s_at_peak": round(peak * 1e12 / (gemm_flops / tokens), 1),
+        "tokens_per_s_profiled": round(tokens["timing"] / (total / 1e6), 1),
+        "tokens_per_s_at_peak": round(peak * 1e12 / flops_per_token, 1),
         "share_by_group": {k: round(v / total, 3) for k, v in sorted(
             groups.items(), key=lambda kv: -kv[1])},
         "top_ops": [{"op": e.key, "share": round(e.self_cpu_time_total / total, 3),
