@@ -348,8 +348,8 @@ def train_options_section(r: dict[str, Any] | None, pairs: list[dict[str, Any]])
         names = [n for n in pair["runs"] if n != "default"]
         lines += [
             f"`BENCH_OPTIONS={','.join(names)} python -m bench.train_options` "
-            f"({pair['measured']}): the same, {pair['repeats']} runs each."
-            + (f" Note: {pair['note']}." if pair.get("note") else ""),
+            f"({pair['measured']}, {pair['machine']['cpu']}): the same, {pair['repeats']} runs "
+            "each." + (f" Note: {pair['note']}." if pair.get("note") else ""),
             "",
             *header,
             *rows(pair),
