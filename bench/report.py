@@ -483,13 +483,13 @@ def train_log_section(r: dict[str, Any] | None) -> list[str]:
 
 def main() -> None:
     serving, pipeline, speed = load("serving"), load("pipeline"), load("eval_speed")
-    train_speed, train_log = load("train_speed"), load("train_log")
+    train_log = load("train_log")
     train_speeds = [load(p.stem) for p in sorted(RESULTS.glob("train_speed*.json"))]
     train_options = load("train_options")
     option_pairs = [load(p.stem) for p in sorted(RESULTS.glob("train_options_*.json"))]
     profiles = [load(p.stem) for p in sorted(RESULTS.glob("train_profile*.json"))]
     client = load("client_speed")
-    machines = {machine_line(r["machine"]) for r in (serving, pipeline, speed, train_speed) if r}
+    machines = {machine_line(r["machine"]) for r in (serving, pipeline, speed, *train_speeds) if r}
     lines = [
         "# Benchmarks",
         "",

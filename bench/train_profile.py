@@ -102,10 +102,8 @@ def main() -> None:
         groups[group_of(e.key)] = groups.get(group_of(e.key), 0.0) + e.self_cpu_time_total
     top = sorted(ops, key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
     counted = windows["counting"].key_averages()
-    flops_per_token = (
-        sum(e.flops for e in counted if group_of(e.key) == "matrix multiplies")
-        / (tokens["counting"])
-    )
+    gemm_flops = sum(e.flops for e in counted if group_of(e.key) == "matrix multiplies")
+    flops_per_token = gemm_flops / tokens["counting"]
     gemm_s = sum(e.self_cpu_time_total for e in ops if group_of(e.key) == "matrix multiplies") / 1e6
     dtype = "bfloat16" if args.get("bf16") else "float32"
     peak = matmul_peak(dtype)["tflops"]
