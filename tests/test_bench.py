@@ -128,3 +128,44 @@ def test_profile_groups_ops_by_what_they_do() -> None:
     assert group_of("aten::_to_copy") == "dtype and layout copies"
     assert group_of("aten::mul_") == "elementwise"
     assert group_of("aten::embedding_dense_backward") == "other ops"
+
+
+def test_train_speed_section_keeps_each_machines_run() -> None:
+    """The before/after ratio differs by CPU: every train_speed*.json gets its own table, named
+    by its machine, instead of the last one measured replacing the others."""
+    from bench.report import train_speed_section
+
+    def result(cpu: str, before: float, after: float) -> dict:
+        side = {
+            k: spread([v])
+            for k, v in {"tokens_per_s": before, "tickets_per_s": 1.0, "records_per_s": 1.0}.items()
+        }
+        return {"machine": {"cpu": cpu, "cpu_flags": []}, "measured": "", "steps": 15,
+                "repeats": 1, "before_rev": "4ac7663", "before": side,
+                "after": {**side, "tokens_per_s": spread([after])},
+                "tokens_per_s_ratio": round(after / before, 2), "tickets_per_s_ratio": 1.0,
+                "train_dtype": "bfloat16", "gemm_peak": {"bfloat16": {"tflops": 1.0}},
+                "achieved_tflops": 0.1, "fraction_of_peak": 0.1}  # fmt: skip
+
+    lines = train_speed_section([result("Xeon", 100.0, 270.0), result("EPYC", 100.0, 250.0)])
+    ratios = [line for line in lines if line.startswith("| tokens/s")]
+    assert ratios == ["| tokens/s | 100.0 (1 run) | 270.0 (1 run) | 2.7x |",
+                      "| tokens/s | 100.0 (1 run) | 250.0 (1 run) | 2.5x |"]  # fmt: skip
+    assert [line.split(" on ")[1] for line in lines if line.startswith("Measured")] == [
+        "Xeon ().", "EPYC ()."]  # fmt: skip
+
+
+def test_gemm_ceiling_is_the_peak_over_the_counted_work() -> None:
+    """The profile's ceiling line reports what the file measured, and says how the GEMMs' rate
+    compares with the machine's peak."""
+    from bench.report import gemm_ceiling
+
+    line = gemm_ceiling({
+        "machine": {"cpu": "EPYC"}, "attention": "eager", "gemm_gflop_per_token": 0.7,
+        "parameters": 135_000_000, "gemm_tflops": 0.3, "matmul_peak_tflops": 0.4,
+        "matmul_dtype": "bfloat16", "tokens_per_step": 650.0, "tokens_per_s_profiled": 300.0,
+        "tokens_per_s_at_peak": 571.4,
+    })  # fmt: skip
+    assert "0.700 GFLOP per token (4 x parameters: 0.540)" in line
+    assert "75% of this machine's bfloat16 matmul peak (0.400)" in line
+    assert line.endswith("would train 571 tokens/s.")
