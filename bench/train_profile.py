@@ -12,8 +12,8 @@ train_profile_<attention>.json with BENCH_PROFILE_ATTENTION.
 
 A second profiler counts each matrix multiply's FLOPs (`with_flops`) over the next
 BENCH_PROFILE_STEPS steps (counting slows the small ops, so it does not time): divided by those
-steps' tokens they are the step's real GEMM work per token (adapters, their weight gradients
-and the logits of every position included, which 4 x parameters leaves out); times the timed
+steps' tokens they are the step's real GEMM work per token (with the adapters, their weight
+gradients and attention, which 4 x parameters leaves out); times the timed
 steps' tokens and divided by their GEMMs' own time, the rate the GEMMs ran at (attention's
 batched matmuls grow with the square of a record's length, a few percent of the work here).
 With this machine's measured matmul peak that gives the ceiling a step could reach if it did
