@@ -80,6 +80,12 @@ def save(name: str, data: dict[str, Any]) -> Path:
     return path
 
 
+def base_parameters() -> int | None:
+    """The base model's parameter count as the base_model stage recorded it (models/base/
+    source.json): the 4 x parameters x tokens of useful work in train_speed and train_profile."""
+    return json.loads((ROOT / "models" / "base" / "source.json").read_text()).get("parameters")
+
+
 def load(name: str) -> dict[str, Any] | None:
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None

@@ -24,7 +24,6 @@ nothing but its GEMMs at the peak: how far faster code could take this model, ra
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -33,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from bench.common import ROOT, WORK, save
+from bench.common import ROOT, WORK, base_parameters, save
 from triage.machine import matmul_peak
 from triage.training import machine_env, machine_overrides
 
@@ -112,14 +111,12 @@ def main() -> None:
         "config": "configs/train.yaml",
         "steps_profiled": STEPS,
         "after_warmup_steps": SKIP,
-        "dtype": "bfloat16 autocast" if args.get("bf16") else "float32",
+        "dtype": "bfloat16 autocast" if dtype == "bfloat16" else "float32",
         "attention": {"disabled": "eager"}.get(args["flash_attn"], args["flash_attn"]),
         "op_seconds_per_step": round(total / 1e6 / STEPS, 3),
         "tokens_per_step": tokens["timing"] / STEPS,
         "gemm_gflop_per_token": round(flops_per_token / 1e9, 3),
-        "parameters": json.loads((ROOT / "models" / "base" / "source.json").read_text()).get(
-            "parameters"
-        ),
+        "parameters": base_parameters(),
         "gemm_tflops": round(flops_per_token * tokens["timing"] / gemm_s / 1e12, 3),
         "matmul_peak_tflops": peak,
         "matmul_dtype": dtype,

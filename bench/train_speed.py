@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from bench.common import ROOT, WORK, repeats, save, spread, timed
+from bench.common import ROOT, WORK, base_parameters, repeats, save, spread, timed
 from bench.pipeline import copy_repo
 from triage.machine import cpu_has_bf16, matmul_peak
 from triage.training import machine_env, machine_overrides
@@ -134,7 +134,7 @@ def main() -> None:
     )
     peak = gemm_peak()
     dtype = "bfloat16" if cpu_has_bf16() else "float32"  # what the train stage computes in
-    params = json.loads((ROOT / "models" / "base" / "source.json").read_text()).get("parameters")
+    params = base_parameters()
     achieved = 4 * params * med["after"] / 1e12 if params else None
     results["gemm_peak"] = peak
     results["train_dtype"] = dtype
